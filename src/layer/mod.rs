@@ -1,0 +1,1 @@
+//! Layers: deterministic tar writing, compression and digests in one streaming pass.

@@ -1,0 +1,9 @@
+//! kiln: a rootless, daemonless Dockerfile → OCI image builder.
+//!
+//! The modules follow the rooms of the design (see `docs/ARCHITECTURE.md`);
+//! arrows point down only: `plan` uses `dockerfile`, nothing reaches up.
+
+pub mod context;
+pub mod dockerfile;
+pub mod layer;
+pub mod plan;

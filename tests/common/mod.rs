@@ -1,0 +1,30 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// Where the external conformance corpus lives: `$KILN_CONFORMANCE`, else `../shared/conformance`
+/// beside the checkout, else `/work/shared/conformance`. `None` (with one clear line on stderr)
+/// when it is absent, so a user's clone skips these tests instead of failing.
+pub fn conformance_dir(test: &str) -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("KILN_CONFORMANCE") {
+        candidates.push(PathBuf::from(p));
+    }
+    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"));
+    candidates.push(PathBuf::from("/work/shared/conformance"));
+    for c in candidates {
+        if c.join("README.md").is_file() {
+            return Some(c);
+        }
+    }
+    eprintln!(
+        "SKIP {test}: conformance corpus not found (set KILN_CONFORMANCE or place it at ../shared/conformance)"
+    );
+    None
+}
+
+/// The kiln binary built for these tests.
+pub fn kiln() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("kiln").expect("kiln binary")
+}
