@@ -1,0 +1,508 @@
+//! From typed instructions and build options to a stage DAG: global vs stage ARG scoping,
+//! expansion of base names and platforms, dependencies through `FROM <stage>`,
+//! `COPY --from` and `RUN --mount=from=`, pruning to `--target`, and a build order.
+
+mod scope;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::dockerfile::instructions::{Command, Dockerfile, parse_mount};
+use crate::dockerfile::shell::Lexer;
+
+pub use scope::{Platform, Scope, predefined_args};
+
+/// A planning error (BuildKit's wording where it has one), with the Dockerfile line.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{message}")]
+pub struct PlanError {
+    pub message: String,
+    pub line: Option<usize>,
+}
+
+impl PlanError {
+    fn at(line: usize, message: impl Into<String>) -> Self {
+        PlanError {
+            message: message.into(),
+            line: Some(line),
+        }
+    }
+}
+
+/// What the caller decides: build args, target stage and target platform.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// `--build-arg` pairs in the order given (a later duplicate wins).
+    pub build_args: Vec<(String, String)>,
+    pub target: Option<String>,
+    /// `os/arch[/variant]`; default: the build machine's platform.
+    pub platform: Option<String>,
+}
+
+/// What a stage starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Base {
+    /// `FROM scratch`: an empty filesystem.
+    Scratch,
+    /// An earlier stage, by index.
+    Stage { stage: usize },
+    /// An image reference, as expanded.
+    Image { reference: String },
+}
+
+/// One stage of the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedStage {
+    pub index: usize,
+    pub name: Option<String>,
+    /// The base reference as written in the Dockerfile.
+    pub base_written: String,
+    /// The base reference after expanding global ARGs.
+    pub base_expanded: String,
+    pub base: Base,
+    /// The platform from `FROM --platform`, expanded, if given.
+    pub platform: Option<String>,
+    pub line: usize,
+    /// Number of instructions after FROM.
+    pub instructions: usize,
+    /// False when the stage is not needed for the target and will not be built.
+    pub reachable: bool,
+}
+
+/// Why one stage needs another or an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+pub enum EdgeCause {
+    #[serde(rename = "FROM")]
+    From,
+    #[serde(rename = "COPY --from")]
+    CopyFrom,
+    #[serde(rename = "RUN --mount=from")]
+    RunMountFrom,
+}
+
+/// `stage` depends on stage `depends_on` (or on `image`, for references that are not stages).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Edge {
+    pub stage: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    pub cause: EdgeCause,
+    pub line: usize,
+}
+
+/// The stage DAG.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Graph {
+    pub stages: Vec<PlannedStage>,
+    pub edges: Vec<Edge>,
+    /// The stage the build produces (the last one, or `--target`).
+    pub target: usize,
+    /// Stages not needed for the target: never built.
+    pub pruned: Vec<usize>,
+    /// Reachable stages, dependencies first.
+    pub build_order: Vec<usize>,
+    /// Images the reachable stages need (FROM, COPY --from, RUN --mount=from), deduplicated.
+    pub images: Vec<String>,
+    /// Global (pre-FROM) ARGs with their values after build args; `null` when unset.
+    pub global_args: BTreeMap<String, Option<String>>,
+    pub target_platform: String,
+    pub build_platform: String,
+}
+
+/// Reads a Dockerfile's text into stages, with BuildKit's errors for an empty file.
+pub fn load(text: &str) -> Result<Dockerfile, PlanError> {
+    if text.is_empty() {
+        return Err(PlanError {
+            message: "the Dockerfile cannot be empty".into(),
+            line: None,
+        });
+    }
+    let parsed = crate::dockerfile::parse(text).map_err(|e| PlanError {
+        message: e.message,
+        line: e.start_line,
+    })?;
+    crate::dockerfile::instructions::from_ast(&parsed)
+        .map_err(|e| PlanError::at(e.start_line, e.message))
+}
+
+/// BuildKit's name for a stage in messages: its own name, else `stage-N`.
+fn stage_label(df: &Dockerfile, index: usize) -> String {
+    df.stages[index]
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("stage-{index}"))
+}
+
+/// Plans a Dockerfile.
+pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
+    if df.stages.is_empty() {
+        return Err(PlanError {
+            message: "dockerfile contains no stages to build".into(),
+            line: None,
+        });
+    }
+    let build_platform = Platform::host();
+    let target_platform = match &opts.platform {
+        Some(p) => Platform::parse(p).map_err(|m| PlanError {
+            message: m,
+            line: None,
+        })?,
+        None => build_platform.clone(),
+    };
+    let build_args: BTreeMap<String, String> = opts.build_args.iter().cloned().collect();
+    let lexer = Lexer::new(df.escape);
+
+    let by_name = |name: &str| -> Option<usize> {
+        // A repeated stage name refers to the last stage of that name.
+        df.stages
+            .iter()
+            .rposition(|s| s.name.as_deref() == Some(&name.to_lowercase()))
+    };
+    let target = match &opts.target {
+        Some(t) => by_name(t).ok_or_else(|| {
+            let names: Vec<&str> = df.stages.iter().filter_map(|s| s.name.as_deref()).collect();
+            let mut message = format!("target stage {t:?} could not be found");
+            if let Some(s) = crate::dockerfile::instructions::suggest(t, &names, false) {
+                message.push_str(&format!(" (did you mean {s}?)"));
+            }
+            PlanError {
+                message,
+                line: None,
+            }
+        })?,
+        None => df.stages.len() - 1,
+    };
+    let target_stage = df.stages[target].name.clone().unwrap_or_default();
+
+    // Global scope: the predefined args, then the meta ARGs in order.
+    let mut global = Scope::new(predefined_args(
+        &target_platform,
+        &build_platform,
+        &target_stage,
+    ));
+    for inst in &df.meta_args {
+        if let Command::Arg { args } = &inst.command {
+            for decl in args {
+                global
+                    .declare_arg(&lexer, decl, &build_args)
+                    .map_err(|m| PlanError::at(inst.location.start_line, m))?;
+            }
+        }
+    }
+
+    // Base names expand in the global scope; only an earlier stage can be a base (matched
+    // against the lower-cased stage names as written, like BuildKit), a later name is an image.
+    let mut stages = Vec::with_capacity(df.stages.len());
+    let mut edges = Vec::new();
+    for (index, st) in df.stages.iter().enumerate() {
+        let line = st.location.start_line;
+        let expanded = global
+            .expand(&lexer, &st.base_name)
+            .map_err(|m| PlanError::at(line, m))?;
+        if expanded.is_empty() {
+            return Err(PlanError::at(
+                line,
+                format!("base name ({}) should not be blank", st.base_name),
+            ));
+        }
+        let platform = match &st.platform {
+            Some(p) => {
+                let v = global.expand(&lexer, p).map_err(|m| {
+                    PlanError::at(
+                        line,
+                        format!("failed to process arguments for platform {p}: {m}"),
+                    )
+                })?;
+                if v.is_empty() {
+                    return Err(PlanError::at(
+                        line,
+                        format!("empty platform value from expression {p}"),
+                    ));
+                }
+                Platform::parse(&v).map_err(|m| {
+                    PlanError::at(line, format!("failed to parse platform {v}: {m}"))
+                })?;
+                Some(v)
+            }
+            None => None,
+        };
+        let earlier = df.stages[..index]
+            .iter()
+            .rposition(|s| s.name.as_deref() == Some(expanded.as_str()));
+        let base = if let Some(dep) = earlier {
+            edges.push(Edge {
+                stage: index,
+                depends_on: Some(dep),
+                image: None,
+                cause: EdgeCause::From,
+                line,
+            });
+            Base::Stage { stage: dep }
+        } else if expanded == "scratch" {
+            Base::Scratch
+        } else {
+            edges.push(Edge {
+                stage: index,
+                depends_on: None,
+                image: Some(expanded.clone()),
+                cause: EdgeCause::From,
+                line,
+            });
+            Base::Image {
+                reference: expanded.clone(),
+            }
+        };
+        stages.push(PlannedStage {
+            index,
+            name: st.name.clone(),
+            base_written: st.base_name.clone(),
+            base_expanded: expanded,
+            base,
+            platform,
+            line,
+            instructions: st.commands.len(),
+            reachable: false,
+        });
+    }
+
+    // Dependencies from instructions: `--from` may name any stage, earlier or later.
+    for (index, st) in df.stages.iter().enumerate() {
+        for inst in &st.commands {
+            let line = inst.location.start_line;
+            let mut refs = Vec::new();
+            match &inst.command {
+                Command::Copy(c) => {
+                    if let Some(from) = &c.from {
+                        let empty = BTreeMap::<String, String>::new();
+                        if lexer.process_word(from, &empty).ok().as_deref() != Some(from.as_str()) {
+                            return Err(PlanError::at(
+                                line,
+                                "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround",
+                            ));
+                        }
+                        refs.push((from.clone(), EdgeCause::CopyFrom));
+                    }
+                }
+                Command::Run(r) => {
+                    for m in &r.mounts {
+                        if let Some(from) = m.from.as_ref().filter(|f| !f.is_empty()) {
+                            refs.push((from.clone(), EdgeCause::RunMountFrom));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            for (reference, cause) in refs {
+                let edge = match reference.parse::<i64>() {
+                    Ok(n) if n < 0 || n as usize >= df.stages.len() => {
+                        return Err(PlanError::at(line, format!("invalid stage index {n}")));
+                    }
+                    Ok(n) => Edge {
+                        stage: index,
+                        depends_on: Some(n as usize),
+                        image: None,
+                        cause,
+                        line,
+                    },
+                    Err(_) => match by_name(&reference) {
+                        Some(dep) => Edge {
+                            stage: index,
+                            depends_on: Some(dep),
+                            image: None,
+                            cause,
+                            line,
+                        },
+                        None => Edge {
+                            stage: index,
+                            depends_on: None,
+                            image: Some(reference.clone()),
+                            cause,
+                            line,
+                        },
+                    },
+                };
+                edges.push(edge);
+            }
+        }
+    }
+
+    check_cycles(df, &edges)?;
+    let build_order = order_from(target, &edges, df.stages.len());
+    let reachable: BTreeSet<usize> = build_order.iter().copied().collect();
+
+    // What BuildKit checks only when it builds a stage: the order of stage references, and
+    // RUN mounts once their values are expanded.
+    for &index in &build_order {
+        for e in edges.iter().filter(|e| e.stage == index) {
+            let Some(dep) = e.depends_on else { continue };
+            if dep > index {
+                let (this, other) = (stage_label(df, index), stage_label(df, dep));
+                return Err(PlanError::at(
+                    e.line,
+                    match e.cause {
+                        EdgeCause::RunMountFrom => format!(
+                            "cannot mount from stage {other:?} to {this:?}, stage needs to be defined before current command"
+                        ),
+                        _ => format!(
+                            "cannot copy from stage {other:?}, it needs to be defined before current stage {this:?}"
+                        ),
+                    },
+                ));
+            }
+        }
+        check_stage_expansions(df, index, &global, &lexer, &build_args)?;
+    }
+
+    for s in &mut stages {
+        s.reachable = reachable.contains(&s.index);
+    }
+    let pruned = (0..stages.len())
+        .filter(|i| !reachable.contains(i))
+        .collect();
+    let mut images = Vec::new();
+    for e in &edges {
+        if let Some(img) = &e.image
+            && reachable.contains(&e.stage)
+            && !images.contains(img)
+        {
+            images.push(img.clone());
+        }
+    }
+    Ok(Graph {
+        stages,
+        edges,
+        target,
+        pruned,
+        build_order,
+        images,
+        global_args: global.declared_args(),
+        target_platform: target_platform.to_string(),
+        build_platform: build_platform.to_string(),
+    })
+}
+
+/// Walks a stage's ARG/ENV scope and validates what expands: RUN mounts (BuildKit checks them
+/// only after expansion, for stages it builds).
+fn check_stage_expansions(
+    df: &Dockerfile,
+    index: usize,
+    global: &Scope,
+    lexer: &Lexer,
+    build_args: &BTreeMap<String, String>,
+) -> Result<(), PlanError> {
+    let mut scope = Scope::for_stage(global);
+    for inst in &df.stages[index].commands {
+        let line = inst.location.start_line;
+        let err = |m: String| PlanError::at(line, m);
+        match &inst.command {
+            Command::Arg { args } => {
+                for decl in args {
+                    scope.declare_arg(lexer, decl, build_args).map_err(err)?;
+                }
+            }
+            Command::Env { vars } => {
+                for kv in vars {
+                    scope.set_env(lexer, kv).map_err(err)?;
+                }
+            }
+            Command::Run(r) => {
+                for m in &r.mounts {
+                    let expanded = scope.expand(lexer, &m.raw).map_err(err)?;
+                    parse_mount(&expanded).map_err(err)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// BuildKit checks every stage, reachable or not, for dependency cycles.
+fn check_cycles(df: &Dockerfile, edges: &[Edge]) -> Result<(), PlanError> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    let n = df.stages.len();
+    let deps = dependency_lists(edges, n);
+    let mut marks = vec![Mark::New; n];
+    for start in 0..n {
+        if marks[start] != Mark::New {
+            continue;
+        }
+        let mut stack = vec![(start, 0usize)];
+        marks[start] = Mark::Active;
+        while let Some(top) = stack.last_mut() {
+            let (s, next) = (top.0, top.1);
+            if let Some(&(d, line)) = deps[s].get(next) {
+                top.1 += 1;
+                match marks[d] {
+                    Mark::Done => {}
+                    Mark::Active => {
+                        return Err(PlanError::at(
+                            line,
+                            format!(
+                                "circular dependency detected on stage: {}",
+                                stage_label(df, d)
+                            ),
+                        ));
+                    }
+                    Mark::New => {
+                        marks[d] = Mark::Active;
+                        stack.push((d, 0));
+                    }
+                }
+            } else {
+                marks[s] = Mark::Done;
+                stack.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// For each stage, the stages it depends on (with the line of the first reference), sorted.
+fn dependency_lists(edges: &[Edge], n: usize) -> Vec<Vec<(usize, usize)>> {
+    let mut deps: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
+    for e in edges {
+        if let Some(d) = e.depends_on
+            && !deps[e.stage].iter().any(|&(x, _)| x == d)
+        {
+            deps[e.stage].push((d, e.line));
+        }
+    }
+    for d in &mut deps {
+        d.sort();
+    }
+    deps
+}
+
+/// The stages the target needs, dependencies first (the graph is acyclic by now).
+fn order_from(target: usize, edges: &[Edge], n: usize) -> Vec<usize> {
+    let deps = dependency_lists(edges, n);
+    let mut seen = vec![false; n];
+    let mut order = Vec::new();
+    let mut stack = vec![(target, 0usize)];
+    seen[target] = true;
+    while let Some(top) = stack.last_mut() {
+        let (s, next) = (top.0, top.1);
+        if let Some(&(d, _)) = deps[s].get(next) {
+            top.1 += 1;
+            if !seen[d] {
+                seen[d] = true;
+                stack.push((d, 0));
+            }
+        } else {
+            order.push(s);
+            stack.pop();
+        }
+    }
+    order
+}

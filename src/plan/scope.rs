@@ -1,0 +1,297 @@
+//! Variable scopes as BuildKit keeps them: the global scope (predefined platform args and the
+//! ARGs before the first FROM) and each stage's ARG/ENV scope, where ENV shadows ARG and an
+//! ARG must be (re)declared in the stage to be seen there.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::dockerfile::instructions::{ArgDecl, KeyValue};
+use crate::dockerfile::shell::{Env, Lexer};
+
+/// `os/arch[/variant]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub arch: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The machine kiln runs on, in OCI names.
+    pub fn host() -> Self {
+        let (arch, variant) = match std::env::consts::ARCH {
+            "x86_64" => ("amd64", None),
+            "aarch64" => ("arm64", None),
+            "arm" => ("arm", Some("v7")),
+            "x86" => ("386", None),
+            "powerpc64" => ("ppc64le", None),
+            "s390x" => ("s390x", None),
+            "riscv64" => ("riscv64", None),
+            other => (other, None),
+        };
+        Platform {
+            os: "linux".into(),
+            arch: arch.into(),
+            variant: variant.map(str::to_string),
+        }
+    }
+
+    /// Parses `os/arch[/variant]` (also `arch` alone, meaning linux).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let bad = || format!("invalid platform {s:?}: expected os/arch[/variant]");
+        let (os, arch, variant) = match parts.as_slice() {
+            [os, arch] => (*os, *arch, None),
+            [os, arch, variant] => (*os, *arch, Some(variant.to_string())),
+            _ => return Err(bad()),
+        };
+        if os.is_empty() || arch.is_empty() || variant.as_deref() == Some("") {
+            return Err(bad());
+        }
+        Ok(Platform {
+            os: os.to_lowercase(),
+            arch: arch.to_lowercase(),
+            variant,
+        })
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The ARGs BuildKit defines without a declaration: visible to FROM lines, and inside a stage
+/// once declared with `ARG NAME` (no default needed).
+pub fn predefined_args(
+    target: &Platform,
+    build: &Platform,
+    target_stage: &str,
+) -> Vec<(String, String)> {
+    let mut out = vec![("TARGETSTAGE".to_string(), target_stage.to_string())];
+    for (prefix, p) in [("TARGET", target), ("BUILD", build)] {
+        out.push((format!("{prefix}PLATFORM"), p.to_string()));
+        out.push((format!("{prefix}OS"), p.os.clone()));
+        out.push((format!("{prefix}ARCH"), p.arch.clone()));
+        out.push((
+            format!("{prefix}VARIANT"),
+            p.variant.clone().unwrap_or_default(),
+        ));
+    }
+    out
+}
+
+/// Proxy variables: passed to RUN from `--build-arg` without a declaration, but kept out of
+/// the image config, history and cache keys unless the Dockerfile declares them.
+pub const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// A variable scope.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// What expansion sees, in assignment order (the last assignment of a name wins): ENV
+    /// and ARGs with a value both assign, so whichever comes later shadows the other.
+    vars: Vec<(String, String)>,
+    /// Declared ARGs in declaration order; `None` when declared without any value.
+    args: Vec<(String, Option<String>)>,
+    /// ENV assignments in order (these, not ARGs, go into the image config).
+    env: Vec<(String, String)>,
+    /// Values a declaration without default falls back to (predefined, or global ARGs).
+    fallback: BTreeMap<String, String>,
+    /// In the global scope the predefined args are visible without a declaration.
+    global: bool,
+}
+
+impl Env for Scope {
+    fn lookup(&self, name: &str) -> Option<String> {
+        if let Some((_, v)) = self.vars.iter().rev().find(|(k, _)| k == name) {
+            return Some(v.clone());
+        }
+        if self.global {
+            return self.fallback.get(name).cloned();
+        }
+        None
+    }
+}
+
+impl Scope {
+    /// The global scope, seeded with the predefined args.
+    pub fn new(predefined: Vec<(String, String)>) -> Self {
+        Scope {
+            fallback: predefined.into_iter().collect(),
+            global: true,
+            ..Scope::default()
+        }
+    }
+
+    /// A fresh stage scope under `global`: nothing visible until declared.
+    pub fn for_stage(global: &Scope) -> Self {
+        let mut fallback = global.fallback.clone();
+        for (k, v) in &global.args {
+            match v {
+                Some(v) => {
+                    fallback.insert(k.clone(), v.clone());
+                }
+                None => {
+                    fallback.remove(k);
+                }
+            }
+        }
+        Scope {
+            fallback,
+            ..Scope::default()
+        }
+    }
+
+    /// Seeds ENV (e.g. from the base image's config).
+    pub fn with_env(mut self, env: impl IntoIterator<Item = (String, String)>) -> Self {
+        for (k, v) in env {
+            self.vars.push((k.clone(), v.clone()));
+            self.env.push((k, v));
+        }
+        self
+    }
+
+    /// Expands one word (no word splitting) in this scope.
+    pub fn expand(&self, lexer: &Lexer, word: &str) -> Result<String, String> {
+        lexer.process_word(word, self).map_err(|e| e.to_string())
+    }
+
+    /// `ARG key[=default]`: a `--build-arg` wins, then the default (expanded here), then — in
+    /// a stage — the global or predefined value of the same name.
+    pub fn declare_arg(
+        &mut self,
+        lexer: &Lexer,
+        decl: &ArgDecl,
+        build_args: &BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        let value = if let Some(v) = build_args.get(&decl.key) {
+            Some(v.clone())
+        } else if let Some(d) = &decl.value {
+            Some(self.expand(lexer, d)?)
+        } else {
+            self.fallback.get(&decl.key).cloned()
+        };
+        if let Some(v) = &value {
+            self.vars.push((decl.key.clone(), v.clone()));
+        }
+        self.args.push((decl.key.clone(), value));
+        Ok(())
+    }
+
+    /// `ENV key=value`, the value expanded in this scope first.
+    pub fn set_env(&mut self, lexer: &Lexer, kv: &KeyValue) -> Result<(), String> {
+        let value = self.expand(lexer, &kv.value)?;
+        self.vars.push((kv.key.clone(), value.clone()));
+        self.env.push((kv.key.clone(), value));
+        Ok(())
+    }
+
+    /// Declared ARGs with their values (the last declaration wins).
+    pub fn declared_args(&self) -> BTreeMap<String, Option<String>> {
+        self.args.iter().cloned().collect()
+    }
+
+    /// ENV as set in this scope, last assignment of each name winning, in first-set order.
+    pub fn env(&self) -> Vec<(String, String)> {
+        dedup_last_wins(&self.env)
+    }
+
+    /// The environment a RUN sees: the scope's variables (ENV and valued ARGs), plus
+    /// undeclared proxy variables from `--build-arg` (never persisted).
+    pub fn run_env(&self, build_args: &BTreeMap<String, String>) -> Vec<(String, String)> {
+        let mut out = dedup_last_wins(&self.vars);
+        for p in PROXY_ARGS {
+            if let Some(v) = build_args.get(p)
+                && !out.iter().any(|(ok, _)| ok == p)
+            {
+                out.push((p.to_string(), v.clone()));
+            }
+        }
+        out
+    }
+}
+
+fn dedup_last_wins(pairs: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in pairs {
+        match out.iter_mut().find(|(ok, _)| ok == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => out.push((k.clone(), v.clone())),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decl(k: &str, v: Option<&str>) -> ArgDecl {
+        ArgDecl {
+            key: k.into(),
+            value: v.map(str::to_string),
+            comment: String::new(),
+        }
+    }
+
+    #[test]
+    fn stage_sees_global_only_when_redeclared() {
+        let lexer = Lexer::new('\\');
+        let none = BTreeMap::new();
+        let mut g = Scope::new(predefined_args(&Platform::host(), &Platform::host(), ""));
+        g.declare_arg(&lexer, &decl("V", Some("1")), &none).unwrap();
+        assert_eq!(g.expand(&lexer, "x$V").unwrap(), "x1");
+        let mut s = Scope::for_stage(&g);
+        assert_eq!(s.expand(&lexer, "x$V").unwrap(), "x");
+        assert_eq!(s.expand(&lexer, "$TARGETOS").unwrap(), "");
+        s.declare_arg(&lexer, &decl("V", None), &none).unwrap();
+        s.declare_arg(&lexer, &decl("TARGETOS", None), &none)
+            .unwrap();
+        assert_eq!(s.expand(&lexer, "x$V-$TARGETOS").unwrap(), "x1-linux");
+    }
+
+    #[test]
+    fn env_shadows_arg_and_build_args_override() {
+        let lexer = Lexer::new('\\');
+        let mut ba = BTreeMap::new();
+        ba.insert("A".to_string(), "cli".to_string());
+        ba.insert("http_proxy".to_string(), "http://p".to_string());
+        let mut s = Scope::for_stage(&Scope::new(vec![]));
+        s.declare_arg(&lexer, &decl("A", Some("default")), &ba)
+            .unwrap();
+        assert_eq!(s.expand(&lexer, "$A").unwrap(), "cli");
+        s.set_env(
+            &lexer,
+            &KeyValue {
+                key: "A".into(),
+                value: "env-$A".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(s.expand(&lexer, "$A").unwrap(), "env-cli");
+        // A later ARG with a value shadows the ENV again, as in BuildKit.
+        s.declare_arg(&lexer, &decl("A", Some("again")), &BTreeMap::new())
+            .unwrap();
+        assert_eq!(s.expand(&lexer, "$A").unwrap(), "again");
+        assert_eq!(s.env(), vec![("A".to_string(), "env-cli".to_string())]);
+        let env = s.run_env(&ba);
+        assert!(env.contains(&("http_proxy".into(), "http://p".into())));
+        assert!(!s.declared_args().contains_key("http_proxy"));
+    }
+}
