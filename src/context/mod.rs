@@ -1,1 +1,17 @@
 //! The build context: `.dockerignore` matching with Docker's rules and the filtered walk.
+//!
+//! - [`read_ignore_file`] turns a `.dockerignore` file into patterns (`ignorefile.ReadAll`).
+//! - [`PatternMatcher`] applies them with moby/patternmatcher's rules. These are Docker's, not
+//!   gitignore's, so the matcher is hand-written rather than taken from a gitignore crate.
+//! - [`walk`] / [`ContextFilter`] list the files BuildKit would send for a context directory
+//!   (tonistiigi/fsutil's filtered walk), and [`ContextFilter::is_excluded`] answers for one
+//!   path.
+
+mod goregex;
+pub mod ignore;
+pub mod walk;
+
+pub use ignore::{
+    IgnoreError, MatchInfo, MatchType, Pattern, PatternMatcher, matches, read_ignore_file,
+};
+pub use walk::{ContextError, ContextFilter, EntryKind, WalkEntry, WalkOptions, walk};
