@@ -5,5 +5,7 @@
 
 pub mod context;
 pub mod dockerfile;
+pub mod image;
 pub mod layer;
 pub mod plan;
+pub mod progress;

@@ -112,6 +112,12 @@ pub struct Graph {
     pub global_args: BTreeMap<String, Option<String>>,
     pub target_platform: String,
     pub build_platform: String,
+    /// The global scope stages start from (see [`Scope::for_stage`]).
+    #[serde(skip)]
+    pub global_scope: Scope,
+    /// `--build-arg` values, the last of each name winning.
+    #[serde(skip)]
+    pub build_args: BTreeMap<String, String>,
 }
 
 /// Reads a Dockerfile's text into stages, with BuildKit's errors for an empty file.
@@ -383,6 +389,8 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
         global_args: global.declared_args(),
         target_platform: target_platform.to_string(),
         build_platform: build_platform.to_string(),
+        global_scope: global,
+        build_args,
     })
 }
 

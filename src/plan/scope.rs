@@ -102,7 +102,7 @@ pub const PROXY_ARGS: [&str; 10] = [
 ];
 
 /// A variable scope.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scope {
     /// What expansion sees, in assignment order (the last assignment of a name wins): ENV
     /// and ARGs with a value both assign, so whichever comes later shadows the other.
@@ -197,9 +197,14 @@ impl Scope {
     /// `ENV key=value`, the value expanded in this scope first.
     pub fn set_env(&mut self, lexer: &Lexer, kv: &KeyValue) -> Result<(), String> {
         let value = self.expand(lexer, &kv.value)?;
-        self.vars.push((kv.key.clone(), value.clone()));
-        self.env.push((kv.key.clone(), value));
+        self.assign_env(&kv.key, &value);
         Ok(())
+    }
+
+    /// Sets an ENV variable to an already expanded value.
+    pub fn assign_env(&mut self, key: &str, value: &str) {
+        self.vars.push((key.to_string(), value.to_string()));
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Declared ARGs with their values (the last declaration wins).

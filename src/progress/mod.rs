@@ -1,0 +1,153 @@
+//! Renderers for build progress events: plain (CI logs, like `docker build --progress=plain`),
+//! quiet, and json (one event per line, for machines).
+
+use std::io::Write;
+
+use serde::Serialize;
+
+/// What the build reports as it goes.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A step starts. `id` numbers steps in the order they start (from 1).
+    StepStarted {
+        id: usize,
+        /// e.g. `[build 2/4] COPY . /src`
+        name: String,
+    },
+    /// A line of information about a running step.
+    StepLog { id: usize, line: String },
+    /// A step finished.
+    StepDone {
+        id: usize,
+        seconds: f64,
+        cached: bool,
+    },
+    /// A step failed.
+    StepFailed { id: usize, error: String },
+    /// The build wrote an image.
+    ImageWritten {
+        manifest_digest: String,
+        config_digest: String,
+        names: Vec<String>,
+    },
+}
+
+/// Receives progress events.
+pub trait Progress {
+    fn event(&mut self, event: &Event);
+}
+
+/// Ignores everything.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn event(&mut self, _event: &Event) {}
+}
+
+/// `#N [stage i/n] INSTRUCTION` … `#N DONE 0.1s`, like BuildKit's plain output.
+pub struct Plain<W: Write> {
+    out: W,
+}
+
+impl<W: Write> Plain<W> {
+    pub fn new(out: W) -> Self {
+        Plain { out }
+    }
+}
+
+impl<W: Write> Progress for Plain<W> {
+    fn event(&mut self, event: &Event) {
+        // Progress output is best effort: a closed stderr must not fail the build.
+        let _ = match event {
+            Event::StepStarted { id, name } => writeln!(self.out, "#{id} {name}"),
+            Event::StepLog { id, line } => writeln!(self.out, "#{id} {line}"),
+            Event::StepDone {
+                id,
+                seconds,
+                cached,
+            } => {
+                if *cached {
+                    writeln!(self.out, "#{id} CACHED")
+                } else {
+                    writeln!(self.out, "#{id} DONE {seconds:.1}s")
+                }
+            }
+            Event::StepFailed { id, error } => writeln!(self.out, "#{id} ERROR: {error}"),
+            Event::ImageWritten {
+                manifest_digest,
+                config_digest,
+                names,
+            } => {
+                let mut r = writeln!(self.out, "#0 writing image {config_digest}");
+                if r.is_ok() {
+                    r = writeln!(self.out, "#0 manifest {manifest_digest}");
+                }
+                for n in names {
+                    if r.is_ok() {
+                        r = writeln!(self.out, "#0 naming to {n}");
+                    }
+                }
+                r
+            }
+        };
+    }
+}
+
+/// One JSON object per event and line.
+pub struct Json<W: Write> {
+    out: W,
+}
+
+impl<W: Write> Json<W> {
+    pub fn new(out: W) -> Self {
+        Json { out }
+    }
+}
+
+impl<W: Write> Progress for Json<W> {
+    fn event(&mut self, event: &Event) {
+        if let Ok(line) = serde_json::to_string(event) {
+            let _ = writeln!(self.out, "{line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_lines() {
+        let mut buf = Vec::new();
+        {
+            let mut p = Plain::new(&mut buf);
+            p.event(&Event::StepStarted {
+                id: 1,
+                name: "[1/2] FROM scratch".into(),
+            });
+            p.event(&Event::StepDone {
+                id: 1,
+                seconds: 0.04,
+                cached: false,
+            });
+        }
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "#1 [1/2] FROM scratch\n#1 DONE 0.0s\n"
+        );
+    }
+
+    #[test]
+    fn json_lines() {
+        let mut buf = Vec::new();
+        Json::new(&mut buf).event(&Event::StepLog {
+            id: 2,
+            line: "x".into(),
+        });
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "{\"event\":\"step_log\",\"id\":2,\"line\":\"x\"}\n"
+        );
+    }
+}
