@@ -8,4 +8,5 @@ pub mod dockerfile;
 pub mod image;
 pub mod layer;
 pub mod plan;
+pub mod platform;
 pub mod progress;

@@ -1,19 +1,17 @@
 //! Compressing an *existing* tar stream (import, load, export with another compression) and
 //! hashing what comes out of a decompressor.
 //!
-//! The layer module compresses the tars it writes itself ([`crate::layer::LayerWriter`]); it has
-//! no public entry point for re-compressing a tar that already exists, so this file applies the
-//! same settings (gzip through flate2/zlib-rs with header mtime 0, no name, OS byte 255; zstd in
-//! multi-threaded mode with a checksum) to a raw stream, and reports the result as a
-//! [`WrittenLayer`] so callers see one type.
+//! The compression itself is the layer module's ([`crate::layer::compress_tar`]: the same
+//! pipeline and settings as the layer writer); [`compress_tar`] and [`recompress`] adapt it to
+//! [`io::Error`]s, and the rest of this file detects and undoes compression.
 
 use std::io::{self, Read, Write};
 
 use sha2::{Digest as _, Sha256};
 
 use crate::layer::{
-    Compression, DiffId, LayerDigest, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR,
-    MEDIA_TYPE_LAYER_ZSTD, WrittenLayer,
+    self, Compression, DiffId, LayerError, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR,
+    MEDIA_TYPE_LAYER_ZSTD, WriteOptions, WrittenLayer,
 };
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
@@ -137,119 +135,29 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-enum Enc<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
-    Zstd(zstd::stream::write::Encoder<'static, W>),
-    Plain(W),
-}
-
-impl<W: Write> Enc<W> {
-    fn new(out: W, c: Compression) -> io::Result<Self> {
-        Ok(match c {
-            Compression::Gzip(level) => {
-                if level > 9 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("invalid gzip compression level {level}"),
-                    ));
-                }
-                Enc::Gzip(
-                    flate2::GzBuilder::new()
-                        .mtime(0)
-                        .operating_system(255)
-                        .write(out, flate2::Compression::new(level)),
-                )
-            }
-            Compression::Zstd(level) => {
-                if !zstd::compression_level_range().contains(&level) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("invalid zstd compression level {level}"),
-                    ));
-                }
-                let workers = std::thread::available_parallelism()
-                    .map(|n| n.get() as u32)
-                    .unwrap_or(1);
-                let mut e = zstd::stream::write::Encoder::new(out, level)?;
-                e.include_checksum(true)?;
-                e.multithread(workers.max(1))?;
-                Enc::Zstd(e)
-            }
-            Compression::Uncompressed => Enc::Plain(out),
-        })
-    }
-
-    fn finish(self) -> io::Result<W> {
-        match self {
-            Enc::Gzip(e) => e.finish(),
-            Enc::Zstd(e) => e.finish(),
-            Enc::Plain(w) => Ok(w),
-        }
-    }
-}
-
-impl<W: Write> Write for Enc<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Enc::Gzip(e) => e.write(buf),
-            Enc::Zstd(e) => e.write(buf),
-            Enc::Plain(w) => w.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Enc::Gzip(e) => e.flush(),
-            Enc::Zstd(e) => e.flush(),
-            Enc::Plain(w) => w.flush(),
-        }
-    }
-}
-
-/// Size of the blocks the compressor is fed. The compressed bytes depend on how the input is cut
-/// into writes, so the input is always cut the same way, whatever the reader returns.
-const BLOCK: usize = 128 * 1024;
-
 /// Compresses the uncompressed tar read from `tar` into `out` in one pass: sha256 of the input
 /// (diffID), compression, sha256 and size of the output (digest). `out` is flushed.
 ///
-/// The output depends only on the input bytes and `compression` (the input is fed to the
-/// compressor in fixed 128 KiB blocks, however `tar` returns it).
+/// This is [`crate::layer::compress_tar`] (the layer writer's pipeline and settings, zstd with
+/// one worker per available CPU) with its errors as [`io::Error`]s. The output depends only on
+/// the input bytes and `compression` (the input is fed to the compressor in fixed 128 KiB blocks,
+/// however `tar` returns it).
 pub fn compress_tar<R: Read, W: Write>(
-    mut tar: R,
+    tar: R,
     compression: Compression,
     out: W,
 ) -> io::Result<WrittenLayer> {
-    let enc = Enc::new(Hashing::new(out), compression)?;
-    let mut diff = Hashing::new(enc);
-    let mut block = vec![0u8; BLOCK];
-    loop {
-        // Fill a whole block (or reach the end), then write it at once.
-        let mut filled = 0;
-        while filled < BLOCK {
-            match tar.read(&mut block[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+    let opts = WriteOptions {
+        compression,
+        ..WriteOptions::default()
+    };
+    layer::compress_tar(tar, &opts, out).map_err(|e| match e {
+        // Reading the tar, compressing or writing: the I/O error itself.
+        LayerError::Stream { source, .. } => source,
+        LayerError::CompressionLevel { .. } => {
+            io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
         }
-        if filled > 0 {
-            diff.write_all(&block[..filled])?;
-        }
-        if filled < BLOCK {
-            break;
-        }
-    }
-    let (diff_id, uncompressed_size, enc) = diff.finish();
-    let blob = enc.finish()?;
-    let (digest, size, mut out) = blob.finish();
-    out.flush()?;
-    Ok(WrittenLayer {
-        diff_id: DiffId::from_bytes(diff_id),
-        digest: LayerDigest::from_bytes(digest),
-        size,
-        uncompressed_size,
-        media_type: compression.media_type(),
+        other => io::Error::other(other),
     })
 }
 

@@ -171,6 +171,16 @@ impl ImageError {
     }
 }
 
+/// A platform string that does not parse (from [`Platform::parse`]), as an [`ImageError`].
+impl From<crate::platform::ParsePlatformError> for ImageError {
+    fn from(e: crate::platform::ParsePlatformError) -> Self {
+        ImageError::Invalid(format!(
+            "invalid platform \"{}\": expected os/arch[/variant], e.g. linux/amd64",
+            e.input
+        ))
+    }
+}
+
 /// Parses and normalises an image name, as an [`ImageError`].
 pub fn parse_ref(name: &str) -> Result<ImageRef, ImageError> {
     ImageRef::parse(name).map_err(|source| ImageError::Reference {

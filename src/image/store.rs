@@ -22,7 +22,6 @@
 //! while other threads write images they have not tagged yet.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -51,61 +50,10 @@ const TEMP_GRACE: Duration = Duration::from_secs(5);
 /// Largest JSON document (manifest, config, index) kiln reads into memory.
 pub(crate) const MAX_JSON: u64 = 64 << 20;
 
-/// A platform: `os/architecture[/variant]`, with Go's names (`linux/amd64`, `linux/arm64/v8`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Platform {
-    /// `linux`.
-    pub os: String,
-    /// `amd64`, `arm64`, …
-    pub architecture: String,
-    /// `v8`, `v7`, …
-    pub variant: Option<String>,
-}
+pub use crate::platform::Platform;
 
+/// The image side of [`Platform`]: its place in image configs and oci-spec descriptors.
 impl Platform {
-    /// The platform kiln runs on.
-    pub fn host() -> Platform {
-        let (arch, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
-            "x86" => ("386", None),
-            "aarch64" => ("arm64", Some("v8")),
-            "arm" => ("arm", Some("v7")),
-            "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", None),
-            "loongarch64" => ("loong64", None),
-            other => (other, None),
-        };
-        Platform {
-            os: std::env::consts::OS.to_string(),
-            architecture: arch.to_string(),
-            variant: variant.map(str::to_string),
-        }
-    }
-
-    /// Parses `os/arch[/variant]` (`linux/amd64`, `linux/arm64/v8`); `x86_64` and `aarch64` are
-    /// accepted for `amd64` and `arm64`.
-    pub fn parse(s: &str) -> Result<Platform, ImageError> {
-        let parts: Vec<&str> = s.split('/').collect();
-        let bad = || {
-            ImageError::Invalid(format!(
-                "invalid platform \"{s}\": expected os/arch[/variant], e.g. linux/amd64"
-            ))
-        };
-        if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
-            return Err(bad());
-        }
-        let os = parts[0].to_ascii_lowercase();
-        let arch = match parts[1].to_ascii_lowercase().as_str() {
-            "x86_64" | "x86-64" => "amd64".to_string(),
-            "aarch64" => "arm64".to_string(),
-            a => a.to_string(),
-        };
-        Ok(Platform {
-            os,
-            architecture: arch,
-            variant: parts.get(2).map(|v| v.to_ascii_lowercase()),
-        })
-    }
-
     /// The platform of an image config.
     pub fn of_config(c: &ImageConfig) -> Platform {
         Platform {
@@ -131,27 +79,6 @@ impl Platform {
             architecture: p.architecture().to_string(),
             variant: p.variant().clone(),
         }
-    }
-
-    /// Whether an image of platform `other` runs here: same os and architecture, and the same
-    /// variant when both have one (arm64 images rarely carry one).
-    pub fn matches(&self, other: &Platform) -> bool {
-        self.os == other.os
-            && self.architecture == other.architecture
-            && match (&self.variant, &other.variant) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            }
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
     }
 }
 

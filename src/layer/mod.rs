@@ -69,7 +69,7 @@ pub use entry::{
 };
 pub use write::{
     Compression, LayerWriter, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD,
-    WriteOptions, WrittenLayer, write_layer,
+    WriteOptions, WrittenLayer, compress_tar, write_layer,
 };
 
 /// Errors of the layer module. Each names the entry (the path inside the layer) when there is one.

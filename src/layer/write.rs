@@ -171,6 +171,39 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
+/// The streaming pipeline behind every layer blob: tar bytes written to it are hashed (diffID),
+/// compressed, hashed and counted again (digest, size) and passed on to the output.
+type Pipeline<W> = HashWriter<Encoder<HashWriter<W>>>;
+
+/// Starts a [`Pipeline`] into `out`, compressing as `opts` says.
+fn pipeline<W: Write>(out: W, opts: &WriteOptions) -> Result<Pipeline<W>, LayerError> {
+    Ok(HashWriter::new(Encoder::new(HashWriter::new(out), opts)?))
+}
+
+/// Ends the compression and both digests, and flushes (does not sync) the output.
+fn finish_pipeline<W: Write>(
+    pipeline: Pipeline<W>,
+    media_type: &'static str,
+) -> Result<(WrittenLayer, W), LayerError> {
+    let (diff_id, uncompressed_size, enc) = pipeline.finish();
+    let blob = enc
+        .finish()
+        .map_err(|e| LayerError::stream("finishing compression", e))?;
+    let (digest, size, mut out) = blob.finish();
+    out.flush()
+        .map_err(|e| LayerError::stream("flushing the layer blob", e))?;
+    Ok((
+        WrittenLayer {
+            diff_id: DiffId::from_bytes(diff_id),
+            digest: LayerDigest::from_bytes(digest),
+            size,
+            uncompressed_size,
+            media_type,
+        },
+        out,
+    ))
+}
+
 const COPY_BUF: usize = 256 * 1024;
 
 /// Streams entries, already in layer order, into a layer blob.
@@ -179,7 +212,7 @@ const COPY_BUF: usize = 256 * 1024;
 /// and folds repeated [`LayerEntry::link_key`]s into hard links. [`finish`](Self::finish) ends the
 /// archive, the compression and both digests.
 pub struct LayerWriter<W: Write> {
-    tar: BufWriter<HashWriter<Encoder<HashWriter<W>>>>,
+    tar: BufWriter<Pipeline<W>>,
     media_type: &'static str,
     epoch: Option<i64>,
     last: Option<PathBuf>,
@@ -191,9 +224,8 @@ pub struct LayerWriter<W: Write> {
 impl<W: Write> LayerWriter<W> {
     /// Starts a layer written to `out` (for example a temporary file in the blob directory).
     pub fn new(out: W, opts: &WriteOptions) -> Result<Self, LayerError> {
-        let enc = Encoder::new(HashWriter::new(out), opts)?;
         Ok(LayerWriter {
-            tar: BufWriter::with_capacity(128 * 1024, HashWriter::new(enc)),
+            tar: BufWriter::with_capacity(128 * 1024, pipeline(out, opts)?),
             media_type: opts.compression.media_type(),
             epoch: opts.source_date_epoch,
             last: None,
@@ -381,27 +413,11 @@ impl<W: Write> LayerWriter<W> {
         self.tar
             .write_all(&[0u8; 2 * tarfmt::BLOCK])
             .map_err(|e| LayerError::stream("writing the end of the layer", e))?;
-        let diff = self
+        let pipeline = self
             .tar
             .into_inner()
             .map_err(|e| LayerError::stream("writing the layer", e.into_error()))?;
-        let (diff_id, uncompressed_size, enc) = diff.finish();
-        let blob = enc
-            .finish()
-            .map_err(|e| LayerError::stream("finishing compression", e))?;
-        let (digest, size, mut out) = blob.finish();
-        out.flush()
-            .map_err(|e| LayerError::stream("flushing the layer blob", e))?;
-        Ok((
-            WrittenLayer {
-                diff_id: DiffId::from_bytes(diff_id),
-                digest: LayerDigest::from_bytes(digest),
-                size,
-                uncompressed_size,
-                media_type: self.media_type,
-            },
-            out,
-        ))
+        finish_pipeline(pipeline, self.media_type)
     }
 }
 
@@ -422,6 +438,49 @@ pub fn write_layer<W: Write>(
         w.append(e)?;
     }
     Ok(w.finish()?.0)
+}
+
+/// Size of the blocks [`compress_tar`] feeds the compressor.
+const COMPRESS_BLOCK: usize = 128 * 1024;
+
+/// Compresses a tar that already exists (read from `tar`, uncompressed) into `out` in one pass,
+/// through the same pipeline as [`LayerWriter`]: sha256 of the tar (diffID), compression as
+/// `opts.compression` says (same settings), sha256 and size of the blob (digest). The tar is
+/// taken as it is (`opts.source_date_epoch` is not used); `out` is flushed, not synced.
+///
+/// The tar is fed to the compressor in fixed 128 KiB blocks, however `tar` splits its reads:
+/// gzip's output depends on how its input is cut into writes, so this keeps the blob a function
+/// of the tar bytes and the compression alone. [`LayerWriter`] cuts its writes differently, so
+/// for a tar over 128 KiB the gzip blob made here can differ from the one [`write_layer`] makes
+/// of the same entries (same diffID; zstd blobs are the same).
+pub fn compress_tar<R: Read, W: Write>(
+    mut tar: R,
+    opts: &WriteOptions,
+    out: W,
+) -> Result<WrittenLayer, LayerError> {
+    let mut pipeline = pipeline(out, opts)?;
+    let mut block = vec![0u8; COMPRESS_BLOCK];
+    loop {
+        // Fill a whole block (or reach the end), then write it at once.
+        let mut filled = 0;
+        while filled < block.len() {
+            match tar.read(&mut block[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(LayerError::stream("reading the tar", e)),
+            }
+        }
+        if filled > 0 {
+            pipeline
+                .write_all(&block[..filled])
+                .map_err(|e| LayerError::stream("writing the layer", e))?;
+        }
+        if filled < block.len() {
+            break;
+        }
+    }
+    Ok(finish_pipeline(pipeline, opts.compression.media_type())?.0)
 }
 
 #[cfg(test)]
@@ -621,6 +680,34 @@ mod tests {
         }
         assert_eq!(outs[0], outs[1]);
         assert_eq!(outs[1], outs[2]);
+    }
+
+    #[test]
+    fn compress_tar_matches_the_writer_on_a_small_tar() {
+        let (_, tar) = write(sample(), Compression::Uncompressed, None);
+        for c in [
+            Compression::gzip(),
+            Compression::zstd(),
+            Compression::Uncompressed,
+        ] {
+            let (w, blob) = write(sample(), c, None);
+            let opts = WriteOptions {
+                compression: c,
+                source_date_epoch: None,
+                zstd_workers: 2,
+            };
+            let mut out = Vec::new();
+            assert_eq!(compress_tar(&tar[..], &opts, &mut out).unwrap(), w);
+            assert_eq!(out, blob, "{c:?}");
+        }
+        let bad = WriteOptions {
+            compression: Compression::Gzip(10),
+            ..WriteOptions::default()
+        };
+        assert!(matches!(
+            compress_tar(&tar[..], &bad, io::sink()),
+            Err(LayerError::CompressionLevel { .. })
+        ));
     }
 
     #[test]

@@ -12,7 +12,8 @@ use thiserror::Error;
 use crate::dockerfile::instructions::{Command, Dockerfile, parse_mount};
 use crate::dockerfile::shell::Lexer;
 
-pub use scope::{Platform, Scope, predefined_args};
+pub use crate::platform::Platform;
+pub use scope::{Scope, predefined_args};
 
 /// A planning error (BuildKit's wording where it has one), with the Dockerfile line.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -152,10 +153,11 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
             line: None,
         });
     }
-    let build_platform = Platform::host();
+    // BuildKit's spelling: arm64 without its default variant, `--platform` as written.
+    let build_platform = Platform::host().without_default_variant();
     let target_platform = match &opts.platform {
-        Some(p) => Platform::parse(p).map_err(|m| PlanError {
-            message: m,
+        Some(p) => Platform::parse_literal(p).map_err(|e| PlanError {
+            message: e.to_string(),
             line: None,
         })?,
         None => build_platform.clone(),
@@ -230,7 +232,7 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
                         format!("empty platform value from expression {p}"),
                     ));
                 }
-                Platform::parse(&v).map_err(|m| {
+                Platform::parse_literal(&v).map_err(|m| {
                     PlanError::at(line, format!("failed to parse platform {v}: {m}"))
                 })?;
                 Some(v)

@@ -3,68 +3,10 @@
 //! ARG must be (re)declared in the stage to be seen there.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use crate::dockerfile::instructions::{ArgDecl, KeyValue};
 use crate::dockerfile::shell::{Env, Lexer};
-
-/// `os/arch[/variant]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub arch: String,
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// The machine kiln runs on, in OCI names.
-    pub fn host() -> Self {
-        let (arch, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
-            "aarch64" => ("arm64", None),
-            "arm" => ("arm", Some("v7")),
-            "x86" => ("386", None),
-            "powerpc64" => ("ppc64le", None),
-            "s390x" => ("s390x", None),
-            "riscv64" => ("riscv64", None),
-            other => (other, None),
-        };
-        Platform {
-            os: "linux".into(),
-            arch: arch.into(),
-            variant: variant.map(str::to_string),
-        }
-    }
-
-    /// Parses `os/arch[/variant]` (also `arch` alone, meaning linux).
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = s.split('/').collect();
-        let bad = || format!("invalid platform {s:?}: expected os/arch[/variant]");
-        let (os, arch, variant) = match parts.as_slice() {
-            [os, arch] => (*os, *arch, None),
-            [os, arch, variant] => (*os, *arch, Some(variant.to_string())),
-            _ => return Err(bad()),
-        };
-        if os.is_empty() || arch.is_empty() || variant.as_deref() == Some("") {
-            return Err(bad());
-        }
-        Ok(Platform {
-            os: os.to_lowercase(),
-            arch: arch.to_lowercase(),
-            variant,
-        })
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.arch)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
+use crate::platform::Platform;
 
 /// The ARGs BuildKit defines without a declaration: visible to FROM lines, and inside a stage
 /// once declared with `ARG NAME` (no default needed).
@@ -77,7 +19,7 @@ pub fn predefined_args(
     for (prefix, p) in [("TARGET", target), ("BUILD", build)] {
         out.push((format!("{prefix}PLATFORM"), p.to_string()));
         out.push((format!("{prefix}OS"), p.os.clone()));
-        out.push((format!("{prefix}ARCH"), p.arch.clone()));
+        out.push((format!("{prefix}ARCH"), p.architecture.clone()));
         out.push((
             format!("{prefix}VARIANT"),
             p.variant.clone().unwrap_or_default(),
