@@ -7,8 +7,15 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use kiln::build::BuildOptions;
 use kiln::dockerfile;
+use kiln::image::{
+    DockerArchiveImage, ImageRef, ImportOptions, LoadOptions, OciExportOptions, Store, StoredImage,
+    parse_ref, write_docker_archive_file, write_oci_archive_file, write_oci_dir,
+};
+use kiln::layer::{ApplyOptions, Compression, apply_layer};
 use kiln::plan::{self, PlanOptions};
+use kiln::progress::{Json as JsonProgress, Plain, Progress, Quiet};
 
 #[derive(Parser)]
 #[command(
@@ -27,9 +34,79 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
+    /// Build an image from a Dockerfile and a context directory.
+    Build(BuildArgs),
+    /// List the images in the store.
+    Images,
+    /// Show an image's config and manifest as JSON.
+    Inspect { name: String },
+    /// Give an image another name.
+    Tag { source: String, target: String },
+    /// Remove image names from the store (blobs go with `kiln prune`).
+    Rmi {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove blobs no image refers to.
+    Prune,
+    /// Make a one-layer image from a rootfs tarball (.tar, .tar.gz, .tar.zst), like `docker import`.
+    Import { rootfs: PathBuf, name: String },
+    /// Load images from a docker-archive or OCI archive.
+    Load {
+        /// The archive (`-` for stdin).
+        file: PathBuf,
+    },
+    /// Save an image as a docker-archive.
+    Save {
+        name: String,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Tools for tests and curious users.
     #[command(subcommand)]
     Debug(DebugCommand),
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// The Dockerfile (default CONTEXT/Dockerfile; `-` reads stdin).
+    #[arg(short, long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Name the result NAME[:TAG] in the store (repeatable).
+    #[arg(short, long = "tag", value_name = "NAME[:TAG]")]
+    tags: Vec<String>,
+    /// Build-time variable `K=V`, or `K` to take the value from the environment.
+    #[arg(long = "build-arg", value_name = "K[=V]")]
+    build_args: Vec<String>,
+    /// Build up to this stage.
+    #[arg(long)]
+    target: Option<String>,
+    /// Export the result too: type=oci|docker|local,dest=PATH[,tar=false][,compression=gzip|zstd|uncompressed][,compression-level=N]
+    #[arg(short, long = "output", value_name = "SPEC")]
+    outputs: Vec<String>,
+    /// Progress output.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+    /// Print only the image ID on stdout.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Write the image ID (config digest) to this file.
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// Write build metadata (digests, names, steps) as JSON to this file.
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    /// The build context directory.
+    context: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProgressMode {
+    /// Plain (a rich terminal renderer arrives later).
+    Auto,
+    Plain,
+    Quiet,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -78,11 +155,405 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let _root = cli.root;
+    let root = store_root(cli.root)?;
     match cli.command {
+        Commands::Build(args) => cmd_build(&root, args),
+        Commands::Images => cmd_images(&root),
+        Commands::Inspect { name } => cmd_inspect(&root, &name),
+        Commands::Tag { source, target } => {
+            let store = Store::open(&root)?;
+            let img = store.resolve(&source)?;
+            store.tag(&parse_ref(&target)?, &img.manifest_descriptor)?;
+            Ok(())
+        }
+        Commands::Rmi { names } => {
+            let store = Store::open(&root)?;
+            for n in names {
+                let name = parse_ref(&n)?;
+                store.untag(&name)?;
+                println!("Untagged: {name}");
+            }
+            Ok(())
+        }
+        Commands::Prune => {
+            let store = Store::open(&root)?;
+            let r = store.prune()?;
+            println!(
+                "removed {} blobs and {} temp files, {} bytes freed",
+                r.blobs_removed, r.temp_files_removed, r.bytes_freed
+            );
+            Ok(())
+        }
+        Commands::Import { rootfs, name } => {
+            let store = Store::open(&root)?;
+            let name = parse_ref(&name)?;
+            let file = std::fs::File::open(&rootfs)
+                .with_context(|| format!("opening {}", rootfs.display()))?;
+            let opts = ImportOptions {
+                created: source_date_epoch(&[])?,
+                source: Some(rootfs.display().to_string()),
+                ..ImportOptions::default()
+            };
+            let img = kiln::image::import(&store, std::io::BufReader::new(file), &name, &opts)?;
+            println!("{}", img.id());
+            Ok(())
+        }
+        Commands::Load { file } => {
+            let store = Store::open(&root)?;
+            let loaded = if file == Path::new("-") {
+                kiln::image::load(
+                    &store,
+                    std::io::stdin().lock(),
+                    &file,
+                    &LoadOptions::default(),
+                )?
+            } else {
+                kiln::image::load_file(&store, &file, &LoadOptions::default())?
+            };
+            for img in loaded {
+                if img.names.is_empty() {
+                    println!("Loaded image ID: {}", img.id);
+                }
+                for n in img.names {
+                    println!("Loaded image: {n}");
+                }
+            }
+            Ok(())
+        }
+        Commands::Save { name, output } => {
+            let store = Store::open(&root)?;
+            let img = store.resolve(&name)?;
+            let names = img.name.clone().into_iter().collect();
+            write_docker_archive_file(
+                &store,
+                &[DockerArchiveImage { image: &img, names }],
+                &output,
+            )?;
+            Ok(())
+        }
         Commands::Debug(DebugCommand::Parse { format, file }) => debug_parse(&file, format),
         Commands::Debug(DebugCommand::Plan(args)) => debug_plan(args),
     }
+}
+
+/// `--root`/`KILN_ROOT`, else `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`.
+fn store_root(flag: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(r) = flag {
+        return Ok(r);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("kiln"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| anyhow!("cannot find the store: set --root, KILN_ROOT or HOME"))?;
+    Ok(PathBuf::from(home).join(".local/share/kiln"))
+}
+
+/// `SOURCE_DATE_EPOCH` from `--build-arg` (wins) or the environment.
+fn source_date_epoch(build_args: &[(String, String)]) -> Result<Option<i64>> {
+    let value = build_args
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "SOURCE_DATE_EPOCH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
+        .filter(|v| !v.is_empty());
+    match value {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH must be a number of seconds, not {v:?}")),
+    }
+}
+
+fn parse_build_args(raw: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for a in raw {
+        match a.split_once('=') {
+            Some((k, v)) => out.push((k.to_string(), v.to_string())),
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    out.push((a.clone(), v));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One `-o/--output` value.
+#[derive(Debug, PartialEq)]
+enum Output {
+    Oci {
+        dest: PathBuf,
+        tar: bool,
+        compression: Option<Compression>,
+    },
+    Docker {
+        dest: PathBuf,
+    },
+    Local {
+        dest: PathBuf,
+    },
+}
+
+fn parse_output(spec: &str) -> Result<Output> {
+    // `-o DIR` is `type=local,dest=DIR`, as in buildx.
+    if !spec.contains('=') {
+        return Ok(Output::Local {
+            dest: PathBuf::from(spec),
+        });
+    }
+    let mut fields = std::collections::BTreeMap::new();
+    for f in spec.split(',') {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--output {spec:?}: {f:?} is not key=value"))?;
+        fields.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let take = |fields: &mut std::collections::BTreeMap<String, String>, k: &str| fields.remove(k);
+    let kind = take(&mut fields, "type").unwrap_or_else(|| "local".into());
+    let dest = take(&mut fields, "dest").map(PathBuf::from);
+    let need_dest =
+        |d: Option<PathBuf>| d.ok_or_else(|| anyhow!("--output {spec:?}: dest= is required"));
+    let out = match kind.as_str() {
+        "oci" => {
+            let tar = match take(&mut fields, "tar").as_deref() {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(v) => {
+                    return Err(anyhow!(
+                        "--output {spec:?}: tar must be true or false, not {v:?}"
+                    ));
+                }
+            };
+            let level = match take(&mut fields, "compression-level") {
+                Some(l) => Some(l.parse::<i32>().map_err(|_| {
+                    anyhow!("--output {spec:?}: compression-level must be a number")
+                })?),
+                None => None,
+            };
+            let compression = match take(&mut fields, "compression").as_deref() {
+                None => level.map(|l| Compression::Gzip(l.max(0) as u32)),
+                Some("gzip") => Some(Compression::Gzip(level.unwrap_or(6).max(0) as u32)),
+                Some("zstd") => Some(Compression::Zstd(level.unwrap_or(3))),
+                Some("uncompressed") => Some(Compression::Uncompressed),
+                Some(c) => {
+                    return Err(anyhow!(
+                        "--output {spec:?}: unknown compression {c:?} (gzip, zstd, uncompressed)"
+                    ));
+                }
+            };
+            Output::Oci {
+                dest: need_dest(dest)?,
+                tar,
+                compression,
+            }
+        }
+        "docker" => Output::Docker {
+            dest: need_dest(dest)?,
+        },
+        "local" => Output::Local {
+            dest: need_dest(dest)?,
+        },
+        "registry" | "image" => {
+            return Err(anyhow!(
+                "--output type={kind}: pushing to registries is not supported yet"
+            ));
+        }
+        other => {
+            return Err(anyhow!(
+                "--output {spec:?}: unknown type {other:?} (oci, docker, local)"
+            ));
+        }
+    };
+    if let Some(k) = fields.keys().next() {
+        return Err(anyhow!("--output {spec:?}: unknown option {k:?}"));
+    }
+    Ok(out)
+}
+
+fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
+    // Check everything the user typed before doing any work.
+    let outputs: Vec<Output> = args
+        .outputs
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<Result<_>>()?;
+    let tags: Vec<ImageRef> = args
+        .tags
+        .iter()
+        .map(|t| parse_ref(t))
+        .collect::<Result<_, _>>()?;
+    let build_args = parse_build_args(&args.build_args);
+    let sde = source_date_epoch(&build_args)?;
+    let context = args.context.clone();
+    if !context.is_dir() {
+        return Err(anyhow!(
+            "the build context {} is not a directory",
+            context.display()
+        ));
+    }
+    let dockerfile_path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| context.join("Dockerfile"));
+    let (text, name) = read_dockerfile(&dockerfile_path)?;
+    let store = Store::open(root)?;
+    let opts = BuildOptions {
+        context,
+        dockerfile: text,
+        dockerfile_name: name,
+        dockerfile_path: (dockerfile_path != Path::new("-")).then_some(dockerfile_path),
+        build_args,
+        target: args.target,
+        tags: tags.clone(),
+        source_date_epoch: sde,
+        compression: Compression::gzip(),
+    };
+    let mut progress: Box<dyn Progress> = match (args.quiet, args.progress) {
+        (true, _) | (_, ProgressMode::Quiet) => Box::new(Quiet),
+        (_, ProgressMode::Json) => Box::new(JsonProgress::new(std::io::stderr())),
+        _ => Box::new(Plain::new(std::io::stderr())),
+    };
+    let outcome = kiln::build::build(&store, &opts, progress.as_mut())?;
+    let img = &outcome.image;
+    for out in &outputs {
+        export(&store, img, &tags, out)?;
+    }
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, img.id().to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        let meta = serde_json::json!({
+            "containerimage.digest": img.digest().to_string(),
+            "containerimage.config.digest": img.id().to_string(),
+            "containerimage.descriptor": {
+                "mediaType": img.manifest_descriptor.media_type().to_string(),
+                "digest": img.digest().to_string(),
+                "size": img.manifest_descriptor.size(),
+            },
+            "image.name": names.join(","),
+            "kiln.steps": outcome.steps,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&meta)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.quiet {
+        println!("{}", img.id());
+    }
+    Ok(())
+}
+
+fn export(store: &Store, img: &StoredImage, tags: &[ImageRef], out: &Output) -> Result<()> {
+    match out {
+        Output::Oci {
+            dest,
+            tar,
+            compression,
+        } => {
+            let opts = OciExportOptions {
+                compression: *compression,
+                force_compression: compression.is_some(),
+            };
+            if *tar {
+                write_oci_archive_file(store, img, tags, dest, &opts)?;
+            } else {
+                write_oci_dir(store, img, tags, dest, &opts)?;
+            }
+        }
+        Output::Docker { dest } => {
+            write_docker_archive_file(
+                store,
+                &[DockerArchiveImage {
+                    image: img,
+                    names: tags.to_vec(),
+                }],
+                dest,
+            )?;
+        }
+        Output::Local { dest } => {
+            std::fs::create_dir_all(dest)
+                .with_context(|| format!("creating {}", dest.display()))?;
+            for l in img.layers() {
+                let blob = store.open_blob(l.digest())?;
+                apply_layer(blob, dest, &ApplyOptions::default())
+                    .with_context(|| format!("exporting to {}", dest.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cmd_images(root: &Path) -> Result<()> {
+    let store = Store::open(root)?;
+    let mut rows = Vec::new();
+    for (name, desc) in store.tags()? {
+        let img = store.load_image(&desc, Some(name.clone()))?;
+        rows.push([
+            name.familiar_repository(),
+            name.tag.clone().unwrap_or_else(|| "<none>".into()),
+            img.digest().to_string(),
+            human_size(img.size()),
+            img.config.created.clone().unwrap_or_default(),
+        ]);
+    }
+    let header = ["NAME", "TAG", "DIGEST", "SIZE", "CREATED"];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header);
+    for r in &rows {
+        line([&r[0], &r[1], &r[2], &r[3], &r[4]]);
+    }
+    Ok(())
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+fn cmd_inspect(root: &Path, name: &str) -> Result<()> {
+    let store = Store::open(root)?;
+    let img = store.resolve(name)?;
+    let out = serde_json::json!({
+        "name": img.name.as_ref().map(|n| n.to_string()),
+        "id": img.id().to_string(),
+        "digest": img.digest().to_string(),
+        "manifest": img.manifest,
+        "config": img.config,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
 }
 
 /// Reads a Dockerfile from a path or stdin (`-`), returning its text and display name.
@@ -134,19 +605,8 @@ fn debug_parse(path: &Path, format: ParseFormat) -> Result<()> {
 fn debug_plan(args: PlanArgs) -> Result<()> {
     let (text, name) = read_dockerfile(&args.file)?;
     let df = plan::load(&text).map_err(|e| located(&name, e.line, &e.message))?;
-    let mut build_args = Vec::new();
-    for a in &args.build_args {
-        match a.split_once('=') {
-            Some((k, v)) => build_args.push((k.to_string(), v.to_string())),
-            None => {
-                if let Ok(v) = std::env::var(a) {
-                    build_args.push((a.clone(), v));
-                }
-            }
-        }
-    }
     let opts = PlanOptions {
-        build_args,
+        build_args: parse_build_args(&args.build_args),
         target: args.target,
         platform: args.platform,
     };

@@ -483,54 +483,7 @@ impl Applier {
     /// resolved inside the root too). Components that do not exist are taken literally. The
     /// result is under the root and no existing component of it is a symlink.
     fn resolve(&self, comps: &[OsString]) -> io::Result<PathBuf> {
-        let mut cur = self.root.clone();
-        let mut depth = 0usize;
-        let mut pending: VecDeque<OsString> = comps.iter().cloned().collect();
-        let mut links = 0u32;
-        while let Some(c) = pending.pop_front() {
-            match c.as_bytes() {
-                b"" | b"." => continue,
-                b".." => {
-                    if depth > 0 {
-                        cur.pop();
-                        depth -= 1;
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            cur.push(&c);
-            let md = match fs::symlink_metadata(&cur) {
-                Ok(md) => md,
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotFound
-                        || e.kind() == io::ErrorKind::NotADirectory =>
-                {
-                    depth += 1;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            if !md.file_type().is_symlink() {
-                depth += 1;
-                continue;
-            }
-            links += 1;
-            if links > MAX_SYMLINKS {
-                return Err(io::Error::other("too many levels of symbolic links"));
-            }
-            let target = fs::read_link(&cur)?;
-            cur.pop();
-            let t = target.as_os_str().as_bytes();
-            if t.starts_with(b"/") {
-                cur = self.root.clone();
-                depth = 0;
-            }
-            for part in t.split(|&b| b == b'/').rev() {
-                pending.push_front(OsString::from_vec(part.to_vec()));
-            }
-        }
-        Ok(cur)
+        resolve_components(&self.root, comps, true)
     }
 
     fn remove(&mut self, path: &Path, md: &fs::Metadata, name: &Path) -> Result<(), LayerError> {
@@ -885,6 +838,74 @@ impl Applier {
     }
 }
 
+/// Resolves `path` inside `root` as if `root` were `/` (a chroot): the path is cleaned lexically
+/// (`..` stops at the root, a leading `/` is dropped), then walked one component at a time with
+/// `lstat`; a symlink met on the way is read and its target resolved the same way, inside `root`
+/// (an absolute target starts again at `root`, `..` stops there). Components that do not exist
+/// are taken literally. With `follow_final` false a symlink in the last position is not
+/// followed (like `lstat`), otherwise it is (like `stat`).
+///
+/// The result is `root` joined with the resolved components: it is under `root`, and no existing
+/// component of it below `root` is a symlink (the last one may be when `follow_final` is false).
+/// Fails after 255 symlinks (a loop). `root` is used as given: pass a canonical path when the
+/// result is compared with other canonical paths.
+pub fn resolve_in_root(root: &Path, path: &Path, follow_final: bool) -> io::Result<PathBuf> {
+    let comps = clean(path.as_os_str().as_bytes());
+    resolve_components(root, &comps, follow_final)
+}
+
+fn resolve_components(root: &Path, comps: &[OsString], follow_final: bool) -> io::Result<PathBuf> {
+    let mut cur = root.to_path_buf();
+    let mut depth = 0usize;
+    let mut pending: VecDeque<OsString> = comps.iter().cloned().collect();
+    let mut links = 0u32;
+    while let Some(c) = pending.pop_front() {
+        match c.as_bytes() {
+            b"" | b"." => continue,
+            b".." => {
+                if depth > 0 {
+                    cur.pop();
+                    depth -= 1;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let is_final = pending.is_empty();
+        cur.push(&c);
+        let md = match fs::symlink_metadata(&cur) {
+            Ok(md) => md,
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                depth += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if !md.file_type().is_symlink() || (is_final && !follow_final) {
+            depth += 1;
+            continue;
+        }
+        links += 1;
+        if links > MAX_SYMLINKS {
+            return Err(io::Error::other("too many levels of symbolic links"));
+        }
+        let target = fs::read_link(&cur)?;
+        cur.pop();
+        let t = target.as_os_str().as_bytes();
+        if t.starts_with(b"/") {
+            cur = root.to_path_buf();
+            depth = 0;
+        }
+        for part in t.split(|&b| b == b'/').rev() {
+            pending.push_front(OsString::from_vec(part.to_vec()));
+        }
+    }
+    Ok(cur)
+}
+
 fn bad_pax(name: &Path, key: &str) -> LayerError {
     LayerError::invalid(name, format!("invalid PAX `{key}` record"))
 }
@@ -930,5 +951,21 @@ mod tests {
         assert_eq!(r("d/rel/passwd").unwrap(), root.join("etc/passwd"));
         assert_eq!(r("missing/a").unwrap(), root.join("missing/a"));
         assert!(r("loop1/x").is_err());
+    }
+
+    #[test]
+    fn resolve_in_root_final_component() {
+        let t = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(t.path()).unwrap();
+        fs::create_dir(root.join("real")).unwrap();
+        std::os::unix::fs::symlink("/real", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../real/f", root.join("real/up")).unwrap();
+        let r = |p: &str, follow| resolve_in_root(&root, Path::new(p), follow).unwrap();
+        assert_eq!(r("/abs", true), root.join("real"));
+        assert_eq!(r("/abs", false), root.join("abs"));
+        assert_eq!(r("abs/up", false), root.join("real/up"));
+        assert_eq!(r("abs/up", true), root.join("real/f"));
+        assert_eq!(r("../../abs/x/..", true), root.join("real"));
+        assert_eq!(r("/", true), root);
     }
 }

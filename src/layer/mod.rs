@@ -61,7 +61,7 @@ mod write;
 use std::io;
 use std::path::PathBuf;
 
-pub use apply::{ApplyOptions, ApplyReport, Ownership, apply_layer};
+pub use apply::{ApplyOptions, ApplyReport, Ownership, apply_layer, resolve_in_root};
 pub use digest::{DiffId, LayerDigest, ParseDigestError};
 pub use entry::{
     EntryKind, FileSource, LayerEntry, OPAQUE_WHITEOUT, ScanOptions, WHITEOUT_PREFIX,

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod build;
+
 use std::path::PathBuf;
 
 /// Where the external conformance corpus lives: `$KILN_CONFORMANCE`, else `../shared/conformance`

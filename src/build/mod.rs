@@ -1,0 +1,1014 @@
+//! The scheduler: walks the plan's stages in build order, dispatches each instruction against
+//! the stage's state, writes layers and configs into the store, and reports progress.
+//!
+//! Each stage keeps its filesystem materialised in a directory under the store's temp dir: the
+//! base's layers applied in order, then every layer the stage writes applied on top. COPY/ADD
+//! compute their layer entries against that directory (destination symlinks, existing owners,
+//! `/etc/passwd` for `--chown`), the layer is written straight into a store blob, and that blob
+//! is applied to the directory so the next step sees it.
+
+pub mod copy;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::context::{ContextFilter, WalkOptions, read_ignore_file};
+use crate::dockerfile::instructions::{
+    self, Command, CommandLine, Dockerfile, HealthCheck, Instruction, Parsed,
+};
+use crate::dockerfile::shell::Lexer;
+use crate::dockerfile::{self as df_mod};
+use crate::image::config::{ContainerConfig, Empty, Healthcheck, History, format_rfc3339};
+use crate::image::{Descriptor, ImageConfig, ImageError, ImageRef, Store, StoredImage};
+use crate::layer::{ApplyOptions, Compression, LayerEntry, WriteOptions, apply_layer};
+use crate::plan::{self, Base, Graph, PlanOptions, Scope};
+use crate::progress::{Event, Progress};
+
+use copy::{CopyRequest, CopySource};
+
+/// The PATH an image gets when its base has none (BuildKit's default for Linux).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile's text.
+    pub dockerfile: String,
+    /// How errors name the Dockerfile (its path as given, or `<stdin>`).
+    pub dockerfile_name: String,
+    /// The Dockerfile's path, when it is a file: `<path>.dockerignore` beside it wins over the
+    /// context's `.dockerignore`.
+    pub dockerfile_path: Option<PathBuf>,
+    pub build_args: Vec<(String, String)>,
+    pub target: Option<String>,
+    /// Names for the result (already normalised).
+    pub tags: Vec<ImageRef>,
+    /// Clamp file mtimes and set `created` to this (SOURCE_DATE_EPOCH).
+    pub source_date_epoch: Option<i64>,
+    /// Compression of the layers kiln stores.
+    pub compression: Compression,
+}
+
+/// One step of the build, for `--metadata-file` and the caller's summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub stage: String,
+    pub instruction: String,
+    /// `Dockerfile:12`
+    pub location: String,
+    pub cached: bool,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_size: Option<u64>,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    pub image: StoredImage,
+    pub steps: Vec<StepRecord>,
+}
+
+/// A build failure. Dockerfile errors name `file:line` and the instruction.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("{file}:{line}: {message}", line = line.map(|l| l.to_string()).unwrap_or_else(|| "?".into()))]
+    Dockerfile {
+        file: String,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("{file}:{line}: {instruction}: {message}")]
+    Step {
+        file: String,
+        line: usize,
+        instruction: String,
+        message: String,
+    },
+    #[error("reading the build context {}: {message}", path.display())]
+    Context { path: PathBuf, message: String },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+/// The state of one stage while it builds.
+struct StageState {
+    rootfs: tempfile::TempDir,
+    config: ImageConfig,
+    layers: Vec<Descriptor>,
+    scope: Scope,
+    /// CMD was set in this stage (ENTRYPOINT then keeps it).
+    cmd_set: bool,
+}
+
+/// Runs one build.
+pub fn build(
+    store: &Store,
+    opts: &BuildOptions,
+    progress: &mut dyn Progress,
+) -> Result<BuildOutcome, BuildError> {
+    let file = opts.dockerfile_name.clone();
+    let df = plan::load(&opts.dockerfile).map_err(|e| BuildError::Dockerfile {
+        file: file.clone(),
+        line: e.line,
+        message: e.message,
+    })?;
+    let mut build_args = opts.build_args.clone();
+    if let Some(sde) = opts.source_date_epoch
+        && !build_args.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH")
+    {
+        build_args.push(("SOURCE_DATE_EPOCH".into(), sde.to_string()));
+    }
+    let graph = plan::plan(
+        &df,
+        &PlanOptions {
+            build_args,
+            target: opts.target.clone(),
+            platform: None,
+        },
+    )
+    .map_err(|e| BuildError::Dockerfile {
+        file: file.clone(),
+        line: e.line,
+        message: e.message,
+    })?;
+
+    let filter = context_filter(opts)?;
+    let mut b = Builder {
+        store,
+        opts,
+        df: &df,
+        graph: &graph,
+        file,
+        filter,
+        lexer: Lexer::new(df.escape),
+        stages: BTreeMap::new(),
+        images: BTreeMap::new(),
+        steps: Vec::new(),
+        next_id: 1,
+        progress,
+        now: opts
+            .source_date_epoch
+            .unwrap_or_else(crate::image::config::now_unix),
+    };
+    for &index in &graph.build_order {
+        b.build_stage(index)?;
+    }
+    let final_stage = b.stages.remove(&graph.target).expect("target was built");
+    let mut config = final_stage.config;
+    config.created = Some(format_rfc3339(b.now));
+    let manifest = store.write_image(&config, &final_stage.layers)?;
+    for tag in &opts.tags {
+        store.tag(tag, &manifest)?;
+    }
+    let image = store.resolve(manifest.digest().as_ref())?;
+    b.progress.event(&Event::ImageWritten {
+        manifest_digest: image.digest().to_string(),
+        config_digest: image.id().to_string(),
+        names: opts.tags.iter().map(|t| t.to_string()).collect(),
+    });
+    Ok(BuildOutcome {
+        image,
+        steps: b.steps,
+    })
+}
+
+/// `.dockerignore` rules: `<Dockerfile>.dockerignore` beside the Dockerfile wins over the
+/// context's `.dockerignore`.
+fn context_filter(opts: &BuildOptions) -> Result<ContextFilter, BuildError> {
+    let mut candidates = Vec::new();
+    if let Some(p) = &opts.dockerfile_path {
+        let mut name = p.as_os_str().to_owned();
+        name.push(".dockerignore");
+        candidates.push(PathBuf::from(name));
+    }
+    candidates.push(opts.context.join(".dockerignore"));
+    let mut exclude = Vec::new();
+    for c in candidates {
+        match std::fs::read(&c) {
+            Ok(bytes) => {
+                exclude = read_ignore_file(&String::from_utf8_lossy(&bytes));
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(BuildError::Context {
+                    path: c,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    ContextFilter::new(&WalkOptions {
+        include: Vec::new(),
+        exclude,
+    })
+    .map_err(|e| BuildError::Context {
+        path: opts.context.join(".dockerignore"),
+        message: e.to_string(),
+    })
+}
+
+struct Builder<'a> {
+    store: &'a Store,
+    opts: &'a BuildOptions,
+    df: &'a Dockerfile,
+    graph: &'a Graph,
+    file: String,
+    filter: ContextFilter,
+    lexer: Lexer,
+    /// Finished stages (kept for `FROM <stage>` and `COPY --from`).
+    stages: BTreeMap<usize, StageState>,
+    /// Images materialised for `COPY --from=<image>`.
+    images: BTreeMap<String, tempfile::TempDir>,
+    steps: Vec<StepRecord>,
+    next_id: usize,
+    progress: &'a mut dyn Progress,
+    /// Timestamp for history entries and files kiln creates.
+    now: i64,
+}
+
+impl Builder<'_> {
+    fn step_error(&self, inst: &Instruction, message: impl Into<String>) -> BuildError {
+        BuildError::Step {
+            file: self.file.clone(),
+            line: inst.location.start_line,
+            instruction: inst.original.trim().to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn tmpdir(&self, prefix: &str) -> Result<tempfile::TempDir, BuildError> {
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(self.store.tmp_dir())
+            .map_err(|e| BuildError::Context {
+                path: self.store.tmp_dir().to_path_buf(),
+                message: format!("creating a temporary directory: {e}"),
+            })
+    }
+
+    fn apply_layers(&self, layers: &[Descriptor], target: &Path) -> Result<(), BuildError> {
+        for l in layers {
+            let blob = self.store.open_blob(l.digest())?;
+            apply_layer(blob, target, &ApplyOptions::default()).map_err(|e| {
+                BuildError::Image(ImageError::Invalid(format!(
+                    "applying layer {}: {e}",
+                    l.digest()
+                )))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn stage_label(&self, index: usize) -> String {
+        self.df.stages[index]
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{index}"))
+    }
+
+    fn start_step(&mut self, name: String) -> (usize, Instant) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.progress.event(&Event::StepStarted { id, name });
+        (id, Instant::now())
+    }
+
+    fn build_stage(&mut self, index: usize) -> Result<(), BuildError> {
+        let stage = &self.df.stages[index];
+        let planned = &self.graph.stages[index];
+        let label = self.stage_label(index);
+        let total = stage.commands.len() + 1;
+        let (id, started) = self.start_step(format!(
+            "[{label} 1/{total}] FROM {}",
+            planned.base_expanded
+        ));
+        let rootfs = self.tmpdir("stage-")?;
+        let host = crate::image::Platform::host();
+        let (config, layers) = match &planned.base {
+            Base::Scratch => {
+                let mut c = ImageConfig::new(&host.os, &host.architecture, host.variant.as_deref());
+                let cc = c.container_config_mut();
+                cc.env.push(format!("PATH={DEFAULT_PATH}"));
+                cc.working_dir = "/".into();
+                (c, Vec::new())
+            }
+            Base::Stage { stage: dep } => {
+                let s = self.stages.get(dep).expect("dependencies are built first");
+                (s.config.clone(), s.layers.clone())
+            }
+            Base::Image { reference } => {
+                let img =
+                    self.resolve_image(reference)
+                        .map_err(|message| BuildError::Dockerfile {
+                            file: self.file.clone(),
+                            line: Some(stage.location.start_line),
+                            message,
+                        })?;
+                (img.config.clone(), img.layers().to_vec())
+            }
+        };
+        self.apply_layers(&layers, rootfs.path())?;
+        let env: Vec<(String, String)> = config
+            .config
+            .as_ref()
+            .map(|c| {
+                c.env
+                    .iter()
+                    .map(|kv| match kv.split_once('=') {
+                        Some((k, v)) => (k.to_string(), v.to_string()),
+                        None => (kv.clone(), String::new()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let scope = Scope::for_stage(&self.graph.global_scope).with_env(env);
+        let mut state = StageState {
+            rootfs,
+            config,
+            layers,
+            scope,
+            cmd_set: false,
+        };
+        self.finish_step(
+            id,
+            started,
+            &label,
+            &stage.original,
+            stage.location.start_line,
+            None,
+        );
+
+        // ONBUILD triggers of the base run first, then are not inherited.
+        let triggers = state
+            .config
+            .config
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.on_build))
+            .unwrap_or_default();
+        for trigger in triggers {
+            let inst = self.parse_trigger(&trigger, stage.location.start_line)?;
+            let (id, started) = self.start_step(format!("[{label}] ONBUILD {}", inst.original));
+            let layer = self.dispatch(&mut state, &inst)?;
+            self.finish_step(
+                id,
+                started,
+                &label,
+                &inst.original,
+                inst.location.start_line,
+                layer,
+            );
+        }
+
+        for (i, inst) in stage.commands.iter().enumerate() {
+            let (id, started) = self.start_step(format!(
+                "[{label} {}/{total}] {}",
+                i + 2,
+                inst.original.trim()
+            ));
+            match self.dispatch(&mut state, inst) {
+                Ok(layer) => self.finish_step(
+                    id,
+                    started,
+                    &label,
+                    &inst.original,
+                    inst.location.start_line,
+                    layer,
+                ),
+                Err(e) => {
+                    self.progress.event(&Event::StepFailed {
+                        id,
+                        error: e.to_string(),
+                    });
+                    return Err(e);
+                }
+            }
+        }
+        self.stages.insert(index, state);
+        Ok(())
+    }
+
+    fn finish_step(
+        &mut self,
+        id: usize,
+        started: Instant,
+        stage: &str,
+        instruction: &str,
+        line: usize,
+        layer: Option<Descriptor>,
+    ) {
+        let seconds = started.elapsed().as_secs_f64();
+        self.progress.event(&Event::StepDone {
+            id,
+            seconds,
+            cached: false,
+        });
+        self.steps.push(StepRecord {
+            stage: stage.to_string(),
+            instruction: instruction.trim().to_string(),
+            location: format!("{}:{line}", self.file),
+            cached: false,
+            seconds,
+            layer_digest: layer.as_ref().map(|l| l.digest().to_string()),
+            layer_size: layer.as_ref().map(|l| l.size()),
+        });
+    }
+
+    fn parse_trigger(&self, trigger: &str, line: usize) -> Result<Instruction, BuildError> {
+        let err = |message: String| BuildError::Dockerfile {
+            file: self.file.clone(),
+            line: Some(line),
+            message: format!("ONBUILD trigger {trigger:?}: {message}"),
+        };
+        let parsed = df_mod::parse(trigger).map_err(|e| err(e.message))?;
+        if parsed.ast.children.len() != 1 {
+            return Err(err("onbuild trigger should be a single expression".into()));
+        }
+        match instructions::parse_instruction(&parsed.ast.children[0]) {
+            Ok(Parsed::Command(mut c)) => {
+                c.location.start_line = line;
+                c.location.end_line = line;
+                Ok(c)
+            }
+            Ok(Parsed::Stage(_)) => Err(err("FROM isn't allowed as an ONBUILD trigger".into())),
+            Err(e) => Err(err(e.message)),
+        }
+    }
+
+    /// Finds an image in the store. Registries arrive later; until then a missing image is an
+    /// error that says how to get it into the store.
+    fn resolve_image(&self, reference: &str) -> Result<StoredImage, String> {
+        let name = crate::image::parse_ref(reference).map_err(|e| e.to_string())?;
+        self.store.resolve(&name.to_string()).map_err(|e| match e {
+            ImageError::NotFound { .. } => format!(
+                "image {name} not found in the store (pulling from registries is not supported yet; \
+                 use `kiln import` or `kiln load` to add it)"
+            ),
+            other => other.to_string(),
+        })
+    }
+
+    fn expand(
+        &self,
+        state: &StageState,
+        inst: &Instruction,
+        word: &str,
+    ) -> Result<String, BuildError> {
+        state
+            .scope
+            .expand(&self.lexer, word)
+            .map_err(|m| self.step_error(inst, format!("failed to process {word:?}: {m}")))
+    }
+
+    /// Runs one instruction. Returns the layer it wrote, if any.
+    fn dispatch(
+        &mut self,
+        state: &mut StageState,
+        inst: &Instruction,
+    ) -> Result<Option<Descriptor>, BuildError> {
+        let created_by = inst.original.trim().to_string();
+        match &inst.command {
+            Command::Run(_) => Err(self.step_error(
+                inst,
+                "RUN arrives in a later version of kiln (this version has no RUN executor)",
+            )),
+            Command::Env { vars } => {
+                let mut assigned = Vec::new();
+                for kv in vars {
+                    let key = self.expand(state, inst, &kv.key)?;
+                    let value = self.expand(state, inst, &kv.value)?;
+                    state.scope.assign_env(&key, &value);
+                    set_env(state.config.container_config_mut(), &key, &value);
+                    assigned.push(format!("{key}={value}"));
+                }
+                self.history(state, format!("ENV {}", assigned.join(" ")), true);
+                Ok(None)
+            }
+            Command::Label { labels } => {
+                let mut shown = Vec::new();
+                for kv in labels {
+                    let key = self.expand(state, inst, &kv.key)?;
+                    let value = self.expand(state, inst, &kv.value)?;
+                    shown.push(format!("{key}={value}"));
+                    state
+                        .config
+                        .container_config_mut()
+                        .labels
+                        .insert(key, value);
+                }
+                self.history(state, format!("LABEL {}", shown.join(" ")), true);
+                Ok(None)
+            }
+            Command::Maintainer { name } => {
+                state.config.author = name.clone();
+                self.history(state, created_by, true);
+                Ok(None)
+            }
+            Command::Arg { args } => {
+                let build_args = &self.graph.build_args;
+                let mut shown = Vec::new();
+                for decl in args {
+                    state
+                        .scope
+                        .declare_arg(&self.lexer, decl, build_args)
+                        .map_err(|m| self.step_error(inst, m))?;
+                    match &decl.value {
+                        Some(v) => shown.push(format!("{}={v}", decl.key)),
+                        None => shown.push(decl.key.clone()),
+                    }
+                }
+                self.history(state, format!("ARG {}", shown.join(" ")), true);
+                Ok(None)
+            }
+            Command::Workdir { path } => {
+                let path = self.expand(state, inst, path)?;
+                let cc = state.config.container_config_mut();
+                let wd = join_workdir(&cc.working_dir, &path);
+                cc.working_dir = wd.clone();
+                let layer = self.ensure_dir(state, inst, &wd)?;
+                self.history(state, format!("WORKDIR {wd}"), layer.is_none());
+                Ok(layer)
+            }
+            Command::User { user } => {
+                let user = self.expand(state, inst, user)?;
+                state.config.container_config_mut().user = user.clone();
+                self.history(state, format!("USER {user}"), true);
+                Ok(None)
+            }
+            Command::Expose { ports } => {
+                let mut shown = Vec::new();
+                for p in ports {
+                    let words = state
+                        .scope
+                        .expand(&self.lexer, p)
+                        .map_err(|m| self.step_error(inst, m))?;
+                    for port in words.split_whitespace() {
+                        let port = normalize_port(port).map_err(|m| self.step_error(inst, m))?;
+                        shown.push(port.clone());
+                        state
+                            .config
+                            .container_config_mut()
+                            .exposed_ports
+                            .insert(port, Empty {});
+                    }
+                }
+                self.history(state, format!("EXPOSE {}", shown.join(" ")), true);
+                Ok(None)
+            }
+            Command::Volume { volumes } => {
+                let mut shown = Vec::new();
+                for v in volumes {
+                    let v = self.expand(state, inst, v)?;
+                    if v.trim().is_empty() {
+                        return Err(
+                            self.step_error(inst, "VOLUME specified can not be an empty string")
+                        );
+                    }
+                    shown.push(v.clone());
+                    state
+                        .config
+                        .container_config_mut()
+                        .volumes
+                        .insert(v, Empty {});
+                }
+                self.history(state, format!("VOLUME [{}]", shown.join(" ")), true);
+                Ok(None)
+            }
+            Command::Stopsignal { signal } => {
+                let signal = self.expand(state, inst, signal)?;
+                validate_signal(&signal).map_err(|m| self.step_error(inst, m))?;
+                state.config.container_config_mut().stop_signal = signal.clone();
+                self.history(state, format!("STOPSIGNAL {signal}"), true);
+                Ok(None)
+            }
+            Command::Cmd(cl) => {
+                let cmd = self.command_words(state, cl);
+                state.config.container_config_mut().cmd = cmd.clone();
+                state.cmd_set = true;
+                self.history(state, format!("CMD {}", go_string_slice(&cmd)), true);
+                Ok(None)
+            }
+            Command::Entrypoint(cl) => {
+                let ep = self.command_words(state, cl);
+                let cmd_set = state.cmd_set;
+                let cc = state.config.container_config_mut();
+                cc.entrypoint = ep.clone();
+                if !cmd_set {
+                    cc.cmd.clear();
+                }
+                self.history(state, format!("ENTRYPOINT {}", go_string_slice(&ep)), true);
+                Ok(None)
+            }
+            Command::Shell { shell } => {
+                state.config.container_config_mut().shell = shell.clone();
+                self.history(state, format!("SHELL {}", go_string_slice(shell)), true);
+                Ok(None)
+            }
+            Command::Healthcheck(h) => {
+                state.config.container_config_mut().healthcheck = Some(to_healthcheck(h));
+                self.history(state, created_by, true);
+                Ok(None)
+            }
+            Command::Onbuild { expression } => {
+                state
+                    .config
+                    .container_config_mut()
+                    .on_build
+                    .push(expression.clone());
+                self.history(state, format!("ONBUILD {expression}"), true);
+                Ok(None)
+            }
+            Command::Copy(c) => {
+                let sources = self.expand_all(state, inst, &c.sources.source_paths)?;
+                let contents = self.heredoc_contents(state, inst, &c.sources.source_contents)?;
+                let dest = self.expand(state, inst, &c.sources.dest)?;
+                let chown = self.expand_opt(state, inst, c.chown.as_deref())?;
+                let chmod = self.expand_opt(state, inst, c.chmod.as_deref())?;
+                let from_root = match &c.from {
+                    Some(from) => Some(self.copy_from_root(inst, from)?),
+                    None => None,
+                };
+                let source = match &from_root {
+                    Some(root) => CopySource::Rootfs { root },
+                    None => CopySource::Context {
+                        root: &self.opts.context,
+                        filter: &self.filter,
+                    },
+                };
+                let req = CopyRequest {
+                    add: false,
+                    source,
+                    sources: &sources,
+                    contents: &contents,
+                    dest: &dest,
+                    workdir: &workdir(state),
+                    chown: chown.as_deref(),
+                    chmod: chmod.as_deref(),
+                    parents: c.parents,
+                    exclude: &c.exclude,
+                    unpack: None,
+                    checksum: None,
+                    now: self.now,
+                };
+                let shown = format!("COPY {} {dest}", show_sources(&sources, &contents));
+                self.copy_layer(state, inst, &req, shown)
+            }
+            Command::Add(a) => {
+                let sources = self.expand_all(state, inst, &a.sources.source_paths)?;
+                let contents = self.heredoc_contents(state, inst, &a.sources.source_contents)?;
+                let dest = self.expand(state, inst, &a.sources.dest)?;
+                let chown = self.expand_opt(state, inst, a.chown.as_deref())?;
+                let chmod = self.expand_opt(state, inst, a.chmod.as_deref())?;
+                let checksum = self.expand_opt(state, inst, a.checksum.as_deref())?;
+                let req = CopyRequest {
+                    add: true,
+                    source: CopySource::Context {
+                        root: &self.opts.context,
+                        filter: &self.filter,
+                    },
+                    sources: &sources,
+                    contents: &contents,
+                    dest: &dest,
+                    workdir: &workdir(state),
+                    chown: chown.as_deref(),
+                    chmod: chmod.as_deref(),
+                    parents: false,
+                    exclude: &a.exclude,
+                    unpack: a.unpack,
+                    checksum: checksum.as_deref(),
+                    now: self.now,
+                };
+                let shown = format!("ADD {} {dest}", show_sources(&sources, &contents));
+                self.copy_layer(state, inst, &req, shown)
+            }
+        }
+    }
+
+    fn expand_all(
+        &self,
+        state: &StageState,
+        inst: &Instruction,
+        words: &[String],
+    ) -> Result<Vec<String>, BuildError> {
+        words.iter().map(|w| self.expand(state, inst, w)).collect()
+    }
+
+    fn expand_opt(
+        &self,
+        state: &StageState,
+        inst: &Instruction,
+        word: Option<&str>,
+    ) -> Result<Option<String>, BuildError> {
+        word.map(|w| self.expand(state, inst, w)).transpose()
+    }
+
+    /// Heredoc bodies, expanded unless the delimiter was quoted (quotes in the body are text).
+    fn heredoc_contents(
+        &self,
+        state: &StageState,
+        inst: &Instruction,
+        contents: &[instructions::SourceContent],
+    ) -> Result<Vec<(String, String)>, BuildError> {
+        let lexer = Lexer {
+            skip_process_quotes: true,
+            ..self.lexer.clone()
+        };
+        contents
+            .iter()
+            .map(|c| {
+                let data = if c.expand {
+                    lexer
+                        .process_word(&c.data, &state.scope)
+                        .map_err(|e| self.step_error(inst, e.to_string()))?
+                } else {
+                    c.data.clone()
+                };
+                Ok((c.path.clone(), data))
+            })
+            .collect()
+    }
+
+    /// The filesystem `COPY --from=X` reads: a stage (by name or index) or an image.
+    fn copy_from_root(&mut self, inst: &Instruction, from: &str) -> Result<PathBuf, BuildError> {
+        let by_stage = match from.parse::<usize>() {
+            Ok(i) => Some(i),
+            Err(_) => self
+                .df
+                .stages
+                .iter()
+                .rposition(|s| s.name.as_deref() == Some(&from.to_lowercase())),
+        };
+        if let Some(i) = by_stage {
+            return match self.stages.get(&i) {
+                Some(s) => Ok(s.rootfs.path().to_path_buf()),
+                None => Err(self.step_error(
+                    inst,
+                    format!("stage {from:?} must be built before it is copied from"),
+                )),
+            };
+        }
+        if let Some(dir) = self.images.get(from) {
+            return Ok(dir.path().to_path_buf());
+        }
+        let img = self
+            .resolve_image(from)
+            .map_err(|m| self.step_error(inst, m))?;
+        let dir = self.tmpdir("from-")?;
+        self.apply_layers(img.layers(), dir.path())?;
+        let path = dir.path().to_path_buf();
+        self.images.insert(from.to_string(), dir);
+        Ok(path)
+    }
+
+    /// Computes the entries of a COPY/ADD, writes them as a layer and applies it.
+    fn copy_layer(
+        &self,
+        state: &mut StageState,
+        inst: &Instruction,
+        req: &CopyRequest<'_>,
+        created_by: String,
+    ) -> Result<Option<Descriptor>, BuildError> {
+        let entries = copy::copy_entries(req, state.rootfs.path())
+            .map_err(|e| self.step_error(inst, e.to_string()))?;
+        let desc = self.commit_layer(state, entries, format!("{created_by} # buildkit"))?;
+        Ok(Some(desc))
+    }
+
+    /// Writes `entries` as a layer blob, applies it to the stage and records it.
+    fn commit_layer(
+        &self,
+        state: &mut StageState,
+        entries: Vec<LayerEntry>,
+        created_by: String,
+    ) -> Result<Descriptor, BuildError> {
+        let opts = WriteOptions {
+            compression: self.opts.compression,
+            source_date_epoch: self.opts.source_date_epoch,
+            ..WriteOptions::default()
+        };
+        let (written, desc) = self.store.put_layer(entries, &opts)?;
+        self.apply_layers(std::slice::from_ref(&desc), state.rootfs.path())?;
+        state.layers.push(desc.clone());
+        state.config.push_layer(
+            written.diff_id,
+            History {
+                created: Some(format_rfc3339(self.now)),
+                created_by,
+                ..History::default()
+            },
+        );
+        Ok(desc)
+    }
+
+    /// WORKDIR creates its directory (owned by root, as BuildKit's mkdir) when it is missing.
+    fn ensure_dir(
+        &self,
+        state: &mut StageState,
+        inst: &Instruction,
+        dir: &str,
+    ) -> Result<Option<Descriptor>, BuildError> {
+        let resolved = crate::layer::resolve_in_root(state.rootfs.path(), Path::new(dir), true)
+            .map_err(|e| self.step_error(inst, e.to_string()))?;
+        if resolved.is_dir() {
+            return Ok(None);
+        }
+        // BuildKit creates it as the current USER.
+        let user = state
+            .config
+            .config
+            .as_ref()
+            .map(|c| c.user.clone())
+            .filter(|u| !u.is_empty());
+        let req = CopyRequest {
+            add: false,
+            source: CopySource::Context {
+                root: &self.opts.context,
+                filter: &self.filter,
+            },
+            sources: &[],
+            contents: &[],
+            dest: &format!("{}/", dir.trim_end_matches('/')),
+            workdir: "/",
+            chown: user.as_deref(),
+            chmod: None,
+            parents: false,
+            exclude: &[],
+            unpack: None,
+            checksum: None,
+            now: self.now,
+        };
+        let entries = copy::copy_entries(&req, state.rootfs.path())
+            .map_err(|e| self.step_error(inst, e.to_string()))?;
+        let desc = self.commit_layer(state, entries, format!("WORKDIR {dir}"))?;
+        Ok(Some(desc))
+    }
+
+    /// Exec form as is; shell form wrapped in the stage's SHELL (default `/bin/sh -c`).
+    fn command_words(&self, state: &StageState, cl: &CommandLine) -> Vec<String> {
+        if !cl.prepend_shell {
+            return cl.cmd_line.clone();
+        }
+        let mut words = shell_of(&state.config);
+        words.extend(cl.cmd_line.iter().cloned());
+        words
+    }
+
+    fn history(&self, state: &mut StageState, created_by: String, empty_layer: bool) {
+        if empty_layer {
+            state.config.history.push(History {
+                created: Some(format_rfc3339(self.now)),
+                created_by,
+                empty_layer: true,
+                ..History::default()
+            });
+        }
+    }
+}
+
+fn shell_of(config: &ImageConfig) -> Vec<String> {
+    match config.config.as_ref().map(|c| &c.shell) {
+        Some(s) if !s.is_empty() => s.clone(),
+        _ => vec!["/bin/sh".into(), "-c".into()],
+    }
+}
+
+fn workdir(state: &StageState) -> String {
+    match state.config.config.as_ref().map(|c| c.working_dir.as_str()) {
+        Some(w) if !w.is_empty() => w.to_string(),
+        _ => "/".into(),
+    }
+}
+
+fn set_env(cc: &mut ContainerConfig, key: &str, value: &str) {
+    let entry = format!("{key}={value}");
+    match cc
+        .env
+        .iter_mut()
+        .find(|e| e.split_once('=').map(|(k, _)| k) == Some(key) || e.as_str() == key)
+    {
+        Some(slot) => *slot = entry,
+        None => cc.env.push(entry),
+    }
+}
+
+/// WORKDIR paths build on the previous one.
+fn join_workdir(current: &str, path: &str) -> String {
+    let base = if path.starts_with('/') || current.is_empty() {
+        String::new()
+    } else {
+        current.to_string()
+    };
+    let joined = format!("{base}/{path}");
+    let mut parts: Vec<&str> = Vec::new();
+    for p in joined.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// `80` → `80/tcp`; `53/udp` stays; ranges are kept as written.
+fn normalize_port(port: &str) -> Result<String, String> {
+    let (num, proto) = match port.split_once('/') {
+        Some((n, p)) => (n, p.to_lowercase()),
+        None => (port, "tcp".to_string()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(format!("invalid port: {port:?}: invalid proto: {proto}"));
+    }
+    let valid = |s: &str| s.parse::<u16>().is_ok();
+    let ok = match num.split_once('-') {
+        Some((a, b)) => valid(a) && valid(b),
+        None => valid(num),
+    };
+    if !ok {
+        return Err(format!("invalid containerPort: {num}"));
+    }
+    Ok(format!("{num}/{proto}"))
+}
+
+/// STOPSIGNAL accepts a number or a signal name (with or without `SIG`).
+fn validate_signal(signal: &str) -> Result<(), String> {
+    const NAMES: [&str; 31] = [
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "IOT", "BUS", "FPE", "KILL", "USR1", "SEGV",
+        "USR2", "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU",
+        "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR",
+    ];
+    if let Ok(n) = signal.parse::<u32>()
+        && (1..=64).contains(&n)
+    {
+        return Ok(());
+    }
+    let upper = signal.to_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if NAMES.contains(&name) || name.starts_with("RTMIN") || name.starts_with("RTMAX") {
+        return Ok(());
+    }
+    Err(format!("invalid signal: {signal}"))
+}
+
+fn to_healthcheck(h: &HealthCheck) -> Healthcheck {
+    let ns = |d: Option<std::time::Duration>| d.map(|d| d.as_nanos() as i64);
+    Healthcheck {
+        test: h.test.clone(),
+        interval: ns(h.interval),
+        timeout: ns(h.timeout),
+        start_period: ns(h.start_period),
+        start_interval: ns(h.start_interval),
+        retries: h.retries,
+        ..Healthcheck::default()
+    }
+}
+
+/// Go's `%q` of a `[]string`, as BuildKit writes CMD/ENTRYPOINT history.
+fn go_string_slice(words: &[String]) -> String {
+    let quoted: Vec<String> = words.iter().map(|w| df_mod::parser::go_quote(w)).collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+fn show_sources(sources: &[String], contents: &[(String, String)]) -> String {
+    let mut all: Vec<String> = sources.to_vec();
+    all.extend(contents.iter().map(|(name, _)| format!("<<{name}")));
+    all.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workdir_joins() {
+        assert_eq!(join_workdir("/", "foo"), "/foo");
+        assert_eq!(join_workdir("/test1", "test2"), "/test1/test2");
+        assert_eq!(join_workdir("/test1/test2", ".."), "/test1");
+        assert_eq!(join_workdir("/a", "/b/./c/"), "/b/c");
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(normalize_port("80").unwrap(), "80/tcp");
+        assert_eq!(normalize_port("53/UDP").unwrap(), "53/udp");
+        assert!(normalize_port("x").is_err());
+    }
+
+    #[test]
+    fn signals() {
+        assert!(validate_signal("SIGTERM").is_ok());
+        assert!(validate_signal("9").is_ok());
+        assert!(validate_signal("NOPE").is_err());
+    }
+}
