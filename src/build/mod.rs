@@ -297,9 +297,7 @@ impl Builder<'_> {
         let (config, layers) = match &planned.base {
             Base::Scratch => {
                 let mut c = ImageConfig::new(&host.os, &host.architecture, host.variant.as_deref());
-                let cc = c.container_config_mut();
-                cc.env.push(format!("PATH={DEFAULT_PATH}"));
-                cc.working_dir = "/".into();
+                c.container_config_mut().working_dir = "/".into();
                 (c, Vec::new())
             }
             Base::Stage { stage: dep } => {
@@ -317,6 +315,12 @@ impl Builder<'_> {
                 (img.config.clone(), img.layers().to_vec())
             }
         };
+        let mut config = config;
+        // Like BuildKit, every stage has a PATH: the default one when the base sets none.
+        let cc = config.container_config_mut();
+        if !cc.env.iter().any(|e| e.starts_with("PATH=")) {
+            cc.env.insert(0, format!("PATH={DEFAULT_PATH}"));
+        }
         self.apply_layers(&layers, rootfs.path())?;
         let env: Vec<(String, String)> = config
             .config
