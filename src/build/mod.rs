@@ -99,6 +99,19 @@ pub enum BuildError {
     Image(#[from] ImageError),
 }
 
+/// What COPY and ADD share, as written (unexpanded).
+struct CopyFlags<'i> {
+    add: bool,
+    sources: &'i instructions::SourcesAndDest,
+    from: Option<&'i str>,
+    chown: Option<&'i str>,
+    chmod: Option<&'i str>,
+    parents: bool,
+    exclude: &'i [String],
+    unpack: Option<bool>,
+    checksum: Option<&'i str>,
+}
+
 /// The state of one stage while it builds.
 struct StageState {
     rootfs: tempfile::TempDir,
@@ -631,70 +644,82 @@ impl Builder<'_> {
                 self.history(state, format!("ONBUILD {expression}"), true);
                 Ok(None)
             }
-            Command::Copy(c) => {
-                let sources = self.expand_all(state, inst, &c.sources.source_paths)?;
-                let contents = self.heredoc_contents(state, inst, &c.sources.source_contents)?;
-                let dest = self.expand(state, inst, &c.sources.dest)?;
-                let chown = self.expand_opt(state, inst, c.chown.as_deref())?;
-                let chmod = self.expand_opt(state, inst, c.chmod.as_deref())?;
-                let from_root = match &c.from {
-                    Some(from) => Some(self.copy_from_root(inst, from)?),
-                    None => None,
-                };
-                let source = match &from_root {
-                    Some(root) => CopySource::Rootfs { root },
-                    None => CopySource::Context {
-                        root: &self.opts.context,
-                        filter: &self.filter,
-                    },
-                };
-                let req = CopyRequest {
+            Command::Copy(c) => self.copy_or_add(
+                state,
+                inst,
+                &CopyFlags {
                     add: false,
-                    source,
-                    sources: &sources,
-                    contents: &contents,
-                    dest: &dest,
-                    workdir: &workdir(state),
-                    chown: chown.as_deref(),
-                    chmod: chmod.as_deref(),
+                    sources: &c.sources,
+                    from: c.from.as_deref(),
+                    chown: c.chown.as_deref(),
+                    chmod: c.chmod.as_deref(),
                     parents: c.parents,
                     exclude: &c.exclude,
                     unpack: None,
                     checksum: None,
-                    now: self.now,
-                };
-                let shown = format!("COPY {} {dest}", show_sources(&sources, &contents));
-                self.copy_layer(state, inst, &req, shown)
-            }
-            Command::Add(a) => {
-                let sources = self.expand_all(state, inst, &a.sources.source_paths)?;
-                let contents = self.heredoc_contents(state, inst, &a.sources.source_contents)?;
-                let dest = self.expand(state, inst, &a.sources.dest)?;
-                let chown = self.expand_opt(state, inst, a.chown.as_deref())?;
-                let chmod = self.expand_opt(state, inst, a.chmod.as_deref())?;
-                let checksum = self.expand_opt(state, inst, a.checksum.as_deref())?;
-                let req = CopyRequest {
+                },
+            ),
+            Command::Add(a) => self.copy_or_add(
+                state,
+                inst,
+                &CopyFlags {
                     add: true,
-                    source: CopySource::Context {
-                        root: &self.opts.context,
-                        filter: &self.filter,
-                    },
-                    sources: &sources,
-                    contents: &contents,
-                    dest: &dest,
-                    workdir: &workdir(state),
-                    chown: chown.as_deref(),
-                    chmod: chmod.as_deref(),
+                    sources: &a.sources,
+                    from: None,
+                    chown: a.chown.as_deref(),
+                    chmod: a.chmod.as_deref(),
                     parents: false,
                     exclude: &a.exclude,
                     unpack: a.unpack,
-                    checksum: checksum.as_deref(),
-                    now: self.now,
-                };
-                let shown = format!("ADD {} {dest}", show_sources(&sources, &contents));
-                self.copy_layer(state, inst, &req, shown)
-            }
+                    checksum: a.checksum.as_deref(),
+                },
+            ),
         }
+    }
+
+    /// COPY and ADD: expand what BuildKit expands (sources, destination, `--chown`, `--chmod`,
+    /// `--checksum`; not `--from` or `--exclude`), then write the layer.
+    fn copy_or_add(
+        &mut self,
+        state: &mut StageState,
+        inst: &Instruction,
+        flags: &CopyFlags<'_>,
+    ) -> Result<Option<Descriptor>, BuildError> {
+        let sources = self.expand_all(state, inst, &flags.sources.source_paths)?;
+        let contents = self.heredoc_contents(state, inst, &flags.sources.source_contents)?;
+        let dest = self.expand(state, inst, &flags.sources.dest)?;
+        let chown = self.expand_opt(state, inst, flags.chown)?;
+        let chmod = self.expand_opt(state, inst, flags.chmod)?;
+        let checksum = self.expand_opt(state, inst, flags.checksum)?;
+        let from_root = match flags.from {
+            Some(from) => Some(self.copy_from_root(inst, from)?),
+            None => None,
+        };
+        let source = match &from_root {
+            Some(root) => CopySource::Rootfs { root },
+            None => CopySource::Context {
+                root: &self.opts.context,
+                filter: &self.filter,
+            },
+        };
+        let req = CopyRequest {
+            add: flags.add,
+            source,
+            sources: &sources,
+            contents: &contents,
+            dest: &dest,
+            workdir: &workdir(state),
+            chown: chown.as_deref(),
+            chmod: chmod.as_deref(),
+            parents: flags.parents,
+            exclude: flags.exclude,
+            unpack: flags.unpack,
+            checksum: checksum.as_deref(),
+            now: self.now,
+        };
+        let keyword = if flags.add { "ADD" } else { "COPY" };
+        let shown = format!("{keyword} {} {dest}", show_sources(&sources, &contents));
+        self.copy_layer(state, inst, &req, shown)
     }
 
     fn expand_all(
