@@ -12,6 +12,10 @@
 //! Directory modes and mtimes are set at the end (so a read-only directory can still be filled and
 //! its mtime is not disturbed by its children).
 //!
+//! [`apply_layer_with_whiteouts`] with [`WhiteoutMode::Overlay`] unpacks a layer as an overlayfs
+//! layer directory instead (a snapshot): whiteouts become character devices 0:0 and opaque
+//! directory attributes rather than deletions.
+//!
 //! Limitations (the standard library has no `mknod`, `lutimes` or `*xattr` calls and the layer
 //! module uses no `unsafe`):
 //! - Extended attributes are applied to regular files only (through the `tar` crate); on
@@ -41,6 +45,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::LayerError;
 use super::digest::{DiffId, HashReader};
 use super::entry::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
+use super::overlay::{self, WhiteoutMode};
 use super::write::{MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD};
 
 /// Whether and how entry owners are applied.
@@ -109,9 +114,30 @@ const MAX_SYMLINKS: u32 = 255;
 /// [`ApplyReport::diff_id`] can be checked against the expected diffID. On error the target is
 /// left partly applied (directory modes not yet final): discard it.
 pub fn apply_layer<R: Read>(
+    reader: R,
+    target: &Path,
+    opts: &ApplyOptions,
+) -> Result<ApplyReport, LayerError> {
+    apply_layer_with_whiteouts(reader, target, opts, WhiteoutMode::Delete)
+}
+
+/// [`apply_layer`] with a choice of what whiteouts do: [`WhiteoutMode::Delete`] is
+/// [`apply_layer`]; [`WhiteoutMode::Overlay`] unpacks the layer as an overlayfs layer directory
+/// (a snapshot): `.wh.name` becomes a character device 0:0 `name`, `.wh..wh..opq` the
+/// `*.overlay.opaque=y` attribute of its directory (created, mode 0755, when the layer has no
+/// entry for it). In that mode overlayfs's own attributes (`trusted.overlay.*`,
+/// `user.overlay.*`) carried by regular files of the layer are removed after unpacking, so a
+/// layer cannot plant redirects or metacopy markers in a snapshot.
+///
+/// In overlay mode the target is meant to hold this layer only: directories the layer does not
+/// list but needs (parents of its entries) are created with mode 0755 and, in a mount, their
+/// metadata hides the lower layers' (as with Docker's and containerd's overlay snapshots), and
+/// symlinks of lower layers are not followed (they are not in the target).
+pub fn apply_layer_with_whiteouts<R: Read>(
     mut reader: R,
     target: &Path,
     opts: &ApplyOptions,
+    whiteouts: WhiteoutMode,
 ) -> Result<ApplyReport, LayerError> {
     fs::create_dir_all(target)
         .map_err(|e| LayerError::entry(target, "creating the target directory", e))?;
@@ -161,6 +187,7 @@ pub fn apply_layer<R: Read>(
         root,
         ownership,
         xattrs: opts.xattrs,
+        whiteouts,
         written: HashSet::new(),
         ancestors: HashSet::new(),
         dirs: BTreeMap::new(),
@@ -220,6 +247,7 @@ struct Applier {
     root: PathBuf,
     ownership: Ownership,
     xattrs: bool,
+    whiteouts: WhiteoutMode,
     /// Where this layer's entries were written (resolved paths): whiteouts never remove them.
     written: HashSet<PathBuf>,
     /// Proper ancestors (under the root) of the written paths.
@@ -339,6 +367,15 @@ impl Applier {
                         .mode(0o700)
                         .create(&dst)
                         .map_err(|e| LayerError::entry(&name, "creating directory", e))?;
+                }
+                if let (WhiteoutMode::Overlay { xattr_prefix }, Some(md)) =
+                    (self.whiteouts, &existing)
+                    && overlay::is_whiteout(md)
+                {
+                    // A directory over a whiteout of the same layer: the lower one is hidden
+                    // with everything in it, as overlayfs itself marks it.
+                    overlay::set_opaque(&dst, xattr_prefix)
+                        .map_err(|e| LayerError::entry(&name, "marking the directory opaque", e))?;
                 }
                 let md = fs::symlink_metadata(&dst).ok();
                 self.chown(&dst, &name, &meta, md.as_ref(), false)?;
@@ -611,6 +648,11 @@ impl Applier {
             }
             Err(e) => return Err(LayerError::entry(name, "unpacking", e)),
         };
+        if meta.has_xattrs && !is_symlink && matches!(self.whiteouts, WhiteoutMode::Overlay { .. })
+        {
+            overlay::strip_overlay_xattrs(dst)
+                .map_err(|e| LayerError::entry(name, "removing overlayfs attributes", e))?;
+        }
         let md = fs::symlink_metadata(dst).ok();
         let chowned = self.chown(dst, name, meta, md.as_ref(), true)?;
         if is_symlink {
@@ -757,6 +799,9 @@ impl Applier {
         last: &[u8],
         hidden: &[u8],
     ) -> Result<(), LayerError> {
+        if let WhiteoutMode::Overlay { xattr_prefix } = self.whiteouts {
+            return self.overlay_whiteout(name, parent_comps, last, hidden, xattr_prefix);
+        }
         let parent = self
             .resolve(parent_comps)
             .map_err(|e| LayerError::entry(name, "resolving the whiteout's directory", e))?;
@@ -785,6 +830,83 @@ impl Applier {
         if let Ok(md) = fs::symlink_metadata(&victim) {
             self.remove(&victim, &md, name)?;
         }
+        Ok(())
+    }
+
+    /// A whiteout in [`WhiteoutMode::Overlay`]: what it hides is deleted (when the target has
+    /// it), then a character device 0:0 or the opaque attribute marks it for overlayfs.
+    fn overlay_whiteout(
+        &mut self,
+        name: &Path,
+        parent_comps: &[OsString],
+        last: &[u8],
+        hidden: &[u8],
+        prefix: overlay::OverlayXattrPrefix,
+    ) -> Result<(), LayerError> {
+        let is_opaque = last == OPAQUE_WHITEOUT.as_bytes();
+        if !is_opaque
+            && (hidden.is_empty()
+                || hidden == b"."
+                || hidden == b".."
+                || hidden.starts_with(WHITEOUT_PREFIX.as_bytes()))
+        {
+            self.warnings
+                .push(format!("{}: whiteout ignored", name.display()));
+            return Ok(());
+        }
+        let parent = self
+            .resolve(parent_comps)
+            .map_err(|e| LayerError::entry(name, "resolving the whiteout's directory", e))?;
+        match fs::symlink_metadata(&parent) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                // Under a non-directory: there is nothing to hide, as in `Delete` mode.
+                self.warnings.push(format!(
+                    "{}: whiteout under a non-directory ignored",
+                    name.display()
+                ));
+                return Ok(());
+            }
+            Err(_) => {
+                self.parent(parent_comps, name)?;
+                self.parent_cache = None;
+            }
+        }
+        if is_opaque {
+            self.opaque(&parent, name)?;
+            return overlay::set_opaque(&parent, prefix).map_err(|e| {
+                LayerError::entry(
+                    name,
+                    if prefix == overlay::OverlayXattrPrefix::Trusted {
+                        "setting trusted.overlay.opaque (needs real root)"
+                    } else {
+                        "setting user.overlay.opaque"
+                    },
+                    e,
+                )
+            });
+        }
+        let victim = parent.join(OsStr::from_bytes(hidden));
+        if self.written.contains(&victim) {
+            // A whiteout hides lower layers only, never an entry of its own layer; but a
+            // directory of this layer must then hide the lower one's contents.
+            return match fs::symlink_metadata(&victim) {
+                Ok(md) if md.is_dir() => overlay::set_opaque(&victim, prefix)
+                    .map_err(|e| LayerError::entry(name, "marking the directory opaque", e)),
+                _ => Ok(()),
+            };
+        }
+        if let Ok(md) = fs::symlink_metadata(&victim) {
+            self.remove(&victim, &md, name)?;
+        }
+        overlay::make_whiteout(&victim).map_err(|e| {
+            LayerError::entry(
+                name,
+                "creating the overlay whiteout (character device 0:0; needs root or a user namespace)",
+                e,
+            )
+        })?;
+        self.mark_written(victim);
         Ok(())
     }
 
@@ -937,6 +1059,7 @@ mod tests {
             root: root.clone(),
             ownership: Ownership::Ignore,
             xattrs: false,
+            whiteouts: WhiteoutMode::Delete,
             written: HashSet::new(),
             ancestors: HashSet::new(),
             dirs: BTreeMap::new(),

@@ -260,7 +260,7 @@ pub fn scan_dir(dir: &Path, opts: &ScanOptions) -> Result<Vec<LayerEntry>, Layer
     Ok(out)
 }
 
-fn entry_from_metadata(
+pub(crate) fn entry_from_metadata(
     layer_path: PathBuf,
     disk_path: &Path,
     md: &fs::Metadata,

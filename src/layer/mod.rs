@@ -51,22 +51,40 @@
 //!
 //! The resolution is path-based: it assumes nothing else modifies the target while a layer is
 //! applied (true for snapshots, which only kiln writes).
+//!
+//! # Snapshots and the upperdir differ
+//!
+//! A RUN step runs on an overlay mount whose lower directories are *snapshots*: each layer
+//! unpacked once, by diffID, with overlay-native whiteouts ([`SnapshotStore`],
+//! [`apply_layer_with_whiteouts`] with [`WhiteoutMode::Overlay`]: `.wh.name` becomes a character
+//! device 0:0, `.wh..wh..opq` the `trusted.overlay.opaque` / `user.overlay.opaque` attribute).
+//! After the step, [`diff_upperdir`] reads the layer from the upper directory alone (whiteouts
+//! and opaque directories back to their OCI form, unchanged copy-ups left out), and
+//! [`SnapshotStore::adopt`] makes that upper directory the new layer's snapshot.
 
 mod apply;
+mod diff;
 mod digest;
 mod entry;
+mod overlay;
+mod snapshot;
 mod tarfmt;
 mod write;
 
 use std::io;
 use std::path::PathBuf;
 
-pub use apply::{ApplyOptions, ApplyReport, Ownership, apply_layer, resolve_in_root};
+pub use apply::{
+    ApplyOptions, ApplyReport, Ownership, apply_layer, apply_layer_with_whiteouts, resolve_in_root,
+};
+pub use diff::{DiffOptions, diff_upperdir, lookup_lower};
 pub use digest::{DiffId, LayerDigest, ParseDigestError};
 pub use entry::{
     EntryKind, FileSource, LayerEntry, OPAQUE_WHITEOUT, ScanOptions, WHITEOUT_PREFIX,
     compare_layer_paths, scan_dir,
 };
+pub use overlay::{OverlayXattrPrefix, WhiteoutMode};
+pub use snapshot::{Ensured, ScratchDir, SnapshotStore};
 pub use write::{
     Compression, LayerWriter, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD,
     WriteOptions, WrittenLayer, compress_tar, write_layer,
@@ -114,6 +132,14 @@ pub enum LayerError {
         algorithm: &'static str,
         /// The level asked for.
         level: i64,
+    },
+    /// A layer whose uncompressed content does not have the diffID it was asked for under.
+    #[error("layer content is {actual}, not the expected {expected}")]
+    DiffIdMismatch {
+        /// The diffID asked for.
+        expected: DiffId,
+        /// The sha256 of what was read.
+        actual: DiffId,
     },
     /// An I/O error not tied to one entry: the output, the compressor, the end of the archive,
     /// or the archive stream being read.
