@@ -179,7 +179,7 @@ fn run(cli: Cli) -> Result<()> {
             let store = Store::open(&root)?;
             let r = store.prune()?;
             println!(
-                "removed {} blobs and {} temp files, {} bytes freed",
+                "removed {} blobs and {} leftover temp files/dirs, {} bytes freed",
                 r.blobs_removed, r.temp_files_removed, r.bytes_freed
             );
             Ok(())

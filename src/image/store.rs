@@ -133,7 +133,7 @@ pub struct PruneReport {
     pub blobs_removed: u64,
     /// Bytes of those blobs, plus stale temp files.
     pub bytes_freed: u64,
-    /// Temp files left by killed processes, removed.
+    /// Temp files and build directories left by killed processes, removed.
     pub temp_files_removed: u64,
 }
 
@@ -948,15 +948,24 @@ impl Store {
             let ent = ent.map_err(|e| ImageError::io("listing", &self.tmp, e))?;
             let path = ent.path();
             let Ok(md) = ent.metadata() else { continue };
-            if !md.is_file() {
-                continue;
-            }
             let young = md
                 .modified()
                 .ok()
                 .and_then(|m| now.duration_since(m).ok())
                 .is_none_or(|age| age < TEMP_GRACE);
             if young {
+                continue;
+            }
+            // Directories are builds' stage filesystems. Prune holds the store's gc lock
+            // exclusively, so no other kiln process is using them: they were left by a killed
+            // build.
+            if md.is_dir() {
+                if crate::layer::remove_tree_in_place(&path).is_ok() {
+                    report.temp_files_removed += 1;
+                }
+                continue;
+            }
+            if !md.is_file() {
                 continue;
             }
             let Ok(f) = File::open(&path) else { continue };

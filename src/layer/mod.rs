@@ -84,7 +84,7 @@ pub use entry::{
     compare_layer_paths, scan_dir,
 };
 pub use overlay::{OverlayXattrPrefix, WhiteoutMode};
-pub use snapshot::{Ensured, ScratchDir, SnapshotStore};
+pub use snapshot::{Ensured, ScratchDir, SnapshotStore, remove_tree_in_place};
 pub use write::{
     Compression, LayerWriter, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD,
     WriteOptions, WrittenLayer, compress_tar, write_layer,

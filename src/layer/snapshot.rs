@@ -485,7 +485,7 @@ fn remove_tree(path: &Path, root: &Path) -> Result<(), LayerError> {
 
 /// Removes a directory tree, making directories writable first where that is needed (a layer
 /// can hold read-only directories, which stop an unprivileged delete).
-fn remove_tree_in_place(path: &Path) -> Result<(), LayerError> {
+pub fn remove_tree_in_place(path: &Path) -> Result<(), LayerError> {
     match fs::remove_dir_all(path) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

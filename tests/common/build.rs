@@ -214,3 +214,108 @@ pub fn is_root() -> bool {
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
 }
+
+/// [`try_build`] with a controlled environment: the caller's `SOURCE_DATE_EPOCH` is removed,
+/// then `env` is set, so reproducibility tests do not depend on the shell that runs them.
+pub fn try_build_env(
+    root: &Path,
+    ctx: &Path,
+    dockerfile: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Built {
+    let df = ctx.join("Dockerfile.kiln-test");
+    std::fs::write(&df, dockerfile).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let iid = files.path().join("iid");
+    let meta = files.path().join("metadata.json");
+    let mut cmd = super::kiln();
+    cmd.env_remove("SOURCE_DATE_EPOCH");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let output = cmd
+        .arg("--root")
+        .arg(root)
+        .arg("build")
+        .arg("-f")
+        .arg(&df)
+        .arg("-o")
+        .arg(format!("type=local,dest={}", out.path().display()))
+        .arg("--iidfile")
+        .arg(&iid)
+        .arg("--metadata-file")
+        .arg(&meta)
+        .args(extra)
+        .arg(ctx)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&df).unwrap();
+    let id = std::fs::read_to_string(&iid).unwrap_or_default();
+    let metadata = std::fs::read(&meta)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    Built {
+        root: root.to_path_buf(),
+        out,
+        id,
+        metadata,
+        output,
+    }
+}
+
+/// Whether an external tool runs (`TOOL --version`). Tests that need it print one `SKIP` line
+/// and return when it does not.
+pub fn have(test: &str, tool: &str) -> bool {
+    let ok = std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("SKIP {test}: {tool} is not installed");
+    }
+    ok
+}
+
+/// Runs `skopeo inspect [--raw] TRANSPORT:REF` and parses its JSON; `Err(stderr)` on failure.
+pub fn skopeo_inspect(target: &str, raw: bool) -> Result<Value, String> {
+    let mut cmd = std::process::Command::new("skopeo");
+    cmd.arg("inspect");
+    if raw {
+        cmd.arg("--raw");
+    }
+    let out = cmd.arg(target).output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "skopeo inspect {target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("skopeo inspect {target}: {e}"))
+}
+
+/// Every blob in a store or OCI layout, decompressed (gzip and zstd), for content searches.
+pub fn blob_contents(layout: &Path) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let dir = layout.join("blobs/sha256");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        let raw = std::fs::read(e.path()).unwrap();
+        let mut data = Vec::new();
+        if raw.starts_with(&[0x1f, 0x8b]) {
+            flate2::read::MultiGzDecoder::new(&raw[..])
+                .read_to_end(&mut data)
+                .unwrap();
+        } else if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            data = zstd::decode_all(&raw[..]).unwrap();
+        } else {
+            data = raw;
+        }
+        out.push((e.file_name().to_string_lossy().into_owned(), data));
+    }
+    out
+}
