@@ -6,6 +6,7 @@
 pub mod build;
 pub mod context;
 pub mod dockerfile;
+pub mod exec;
 pub mod image;
 pub mod layer;
 pub mod plan;
