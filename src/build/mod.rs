@@ -564,11 +564,12 @@ impl Builder<'_> {
             Command::Expose { ports } => {
                 let mut shown = Vec::new();
                 for p in ports {
-                    let words = state
-                        .scope
-                        .expand(&self.lexer, p)
-                        .map_err(|m| self.step_error(inst, m))?;
-                    for port in words.split_whitespace() {
+                    // BuildKit expands EXPOSE with word splitting: `$PORTS` may hold several.
+                    let words = self
+                        .lexer
+                        .process_words(p, &state.scope)
+                        .map_err(|e| self.step_error(inst, e.to_string()))?;
+                    for port in &words {
                         let port = normalize_port(port).map_err(|m| self.step_error(inst, m))?;
                         shown.push(port.clone());
                         state
