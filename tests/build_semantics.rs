@@ -786,3 +786,123 @@ fn s25_add_tar_symlink_destination_is_followed_inside_rootfs() {
         }
     );
 }
+
+#[test]
+fn s30_add_archive_through_absolute_symlink_with_implied_parents() {
+    let store = tempfile::tempdir().unwrap();
+    let ctx = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let sh = |script: &str| {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(src.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "{script}");
+    };
+    let out = ctx.path().display().to_string();
+    sh(&format!(
+        "mkdir -p r/run r/var && ln -s /run r/var/run && tar -C r -cf {out}/rootfs.tar run var var/run"
+    ));
+    sh(&format!(
+        "mkdir -p p/var/run/act/actions/broad/.git && echo ref > p/var/run/act/actions/broad/.git/HEAD && \
+         ln p/var/run/act/actions/broad/.git/HEAD p/var/run/act/actions/broad/.git/HEAD.link && \
+         tar -C p --no-recursion -cf {out}/payload.tar var/run/act/actions/broad/.git/HEAD var/run/act/actions/broad/.git/HEAD.link"
+    ));
+    let b = build(
+        store.path(),
+        ctx.path(),
+        "FROM scratch\nADD rootfs.tar /\nADD payload.tar /\n",
+        &[],
+    );
+    assert_eq!(b.read("/run/act/actions/broad/.git/HEAD"), "ref\n");
+    let a = b
+        .path("/run/act/actions/broad/.git/HEAD")
+        .metadata()
+        .unwrap();
+    let l = b
+        .path("/run/act/actions/broad/.git/HEAD.link")
+        .metadata()
+        .unwrap();
+    assert_eq!(a.ino(), l.ino(), "HEAD.link is a hardlink to HEAD");
+    assert!(
+        b.path("/var/run")
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+/// Serves one file over HTTP on 127.0.0.1 for a bounded number of requests.
+fn serve(body: &'static [u8], requests: usize) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let handle = std::thread::spawn(move || {
+        // Bounded in time too: a build that never asks must not hang the test.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut served = 0;
+        while served < requests && std::time::Instant::now() < deadline {
+            let mut conn = match listener.accept() {
+                Ok((c, _)) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                Err(_) => return,
+            };
+            served += 1;
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(body);
+        }
+    });
+    (format!("http://{addr}"), handle)
+}
+
+#[test]
+fn s27_add_url_with_checksum() {
+    let store = tempfile::tempdir().unwrap();
+    let ctx = tempfile::tempdir().unwrap();
+    let body: &'static [u8] = b"remote contents\n";
+    let sum = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(body))
+    };
+    let (url, server) = serve(body, 3);
+    let b = build(
+        store.path(),
+        ctx.path(),
+        &format!(
+            "FROM scratch\nADD {url}/files/remote.txt /\nADD --checksum=sha256:{sum} {url}/files/remote.txt /named.txt\n"
+        ),
+        &[],
+    );
+    assert_eq!(b.read("/remote.txt"), "remote contents\n");
+    assert_eq!(b.read("/named.txt"), "remote contents\n");
+    let err = build_error(
+        store.path(),
+        ctx.path(),
+        &format!(
+            "FROM scratch\nADD --checksum=sha256:{} {url}/files/remote.txt /\n",
+            "0".repeat(64)
+        ),
+        &[],
+    );
+    assert!(
+        err.contains("checksum mismatch") && err.contains(":2:"),
+        "{err}"
+    );
+    server.join().unwrap();
+}
