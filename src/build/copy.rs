@@ -54,7 +54,7 @@ pub mod chmod;
 #[path = "users.rs"]
 pub mod users;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read};
@@ -65,7 +65,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::context::{ContextError, ContextFilter, IgnoreError, MatchInfo, PatternMatcher};
-use crate::layer::{EntryKind, FileSource, LayerEntry, WHITEOUT_PREFIX, compare_layer_paths};
+use crate::layer::{
+    EntryKind, FileSource, LayerEntry, Probe, ResolveError, WHITEOUT_PREFIX, clean_comps,
+    compare_layer_paths, resolve_with,
+};
 
 pub use chmod::{Chmod, InvalidChmod};
 pub use users::{UserError, resolve_chown};
@@ -204,7 +207,6 @@ fn show(rel: &Path) -> String {
     format!("/{}", rel.display())
 }
 
-const MAX_SYMLINKS: u32 = 255;
 /// Device number used for the synthetic hard-link keys of archive members.
 const SYNTHETIC_DEV: u64 = u64::MAX;
 
@@ -382,14 +384,7 @@ pub fn copy_entries(req: &CopyRequest<'_>, dest_root: &Path) -> Result<Vec<Layer
             }
             Item::Heredoc { name, data } => {
                 let target = cx.file_target(OsStr::new(&name))?;
-                let mode = settings
-                    .chmod
-                    .as_ref()
-                    .map_or(0o644, |c| c.apply(0o644, false));
-                let (uid, gid) = settings.chown.unwrap_or((0, 0));
-                let e = LayerEntry::file(target, data, mode)
-                    .with_owner(uid, gid)
-                    .with_mtime(settings.now);
+                let e = settings.new_file(target, data, 0o644, settings.now);
                 cx.dest.put(e, false)?;
             }
             Item::Url(url) => {
@@ -416,14 +411,7 @@ pub fn copy_entries(req: &CopyRequest<'_>, dest_root: &Path) -> Result<Vec<Layer
                 if !unpacked {
                     let name = url_file_name(&url);
                     let target = cx.file_target(OsStr::new(&name))?;
-                    let mode = settings
-                        .chmod
-                        .as_ref()
-                        .map_or(0o600, |c| c.apply(0o600, false));
-                    let (uid, gid) = settings.chown.unwrap_or((0, 0));
-                    let e = LayerEntry::file(target, body, mode)
-                        .with_owner(uid, gid)
-                        .with_mtime(mtime.unwrap_or(settings.now));
+                    let e = settings.new_file(target, body, 0o600, mtime.unwrap_or(settings.now));
                     cx.dest.put(e, false)?;
                 }
             }
@@ -442,6 +430,24 @@ struct Settings {
     context: bool,
     now: i64,
     exclude: Option<PatternMatcher>,
+}
+
+impl Settings {
+    /// A regular file kiln writes (a heredoc, a download): `mode` unless `--chmod` says
+    /// otherwise, owned by `--chown` (else 0:0).
+    fn new_file(
+        &self,
+        path: PathBuf,
+        content: impl Into<Arc<[u8]>>,
+        mode: u32,
+        mtime: i64,
+    ) -> LayerEntry {
+        let mode = self.chmod.as_ref().map_or(mode, |c| c.apply(mode, false));
+        let (uid, gid) = self.chown.unwrap_or((0, 0));
+        LayerEntry::file(path, content, mode)
+            .with_owner(uid, gid)
+            .with_mtime(mtime)
+    }
 }
 
 /// Metadata of a directory kiln creates.
@@ -506,21 +512,6 @@ fn is_git(s: &str) -> bool {
         return path.ends_with(".git") || s.contains(".git#");
     }
     false
-}
-
-/// Lexical cleaning as `filepath.Clean("/" + p)`, as components: `..` stops at the root.
-fn clean_comps(raw: &[u8]) -> Vec<OsString> {
-    let mut out: Vec<OsString> = Vec::new();
-    for c in raw.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                out.pop();
-            }
-            c => out.push(OsString::from_vec(c.to_vec())),
-        }
-    }
-    out
 }
 
 /// Whether a relative source climbs above the context root once cleaned (`../x`).
@@ -677,72 +668,49 @@ fn dev_split(rdev: u64) -> (u32, u32) {
 // -------------------------------------------------------------------------------------------
 // path resolution inside a root
 
-/// What one path is, seen with `lstat`.
-enum Probe {
-    Dir,
-    Symlink(PathBuf),
-    Other,
-    Absent,
-}
-
-/// Resolves `comps` below `base` (a relative, already resolved path) inside a root, following
-/// symlinks the way a chroot at `base` would. Missing components are taken literally. A
-/// non-directory in the middle is an error when `strict`, else treated as missing.
-fn resolve_with(
+/// [`resolve_with`] with its errors as copy errors.
+fn resolve_in(
     base: &Path,
     comps: &[OsString],
     follow_final: bool,
     strict: bool,
     probe: &mut dyn FnMut(&Path) -> Result<Probe, CopyError>,
 ) -> Result<PathBuf, CopyError> {
-    let mut cur = base.to_path_buf();
-    let mut depth = 0usize;
-    let mut pending: VecDeque<OsString> = comps.iter().cloned().collect();
-    let mut links = 0u32;
-    while let Some(c) = pending.pop_front() {
-        match c.as_bytes() {
-            b"" | b"." => continue,
-            b".." => {
-                if depth > 0 {
-                    cur.pop();
-                    depth -= 1;
-                }
-                continue;
-            }
-            _ => {}
+    resolve_with(base, comps, follow_final, strict, probe).map_err(|e| match e {
+        ResolveError::Probe(e) => e,
+        ResolveError::NotADirectory(p) => CopyError::NotADirectory(show(&p)),
+        ResolveError::SymlinkLoop(p) => CopyError::SymlinkLoop(show(&p)),
+    })
+}
+
+/// `lstat` of `root/rel`; `None` when it is missing.
+fn lstat_at(root: &Path, rel: &Path) -> Result<Option<fs::Metadata>, CopyError> {
+    let p = root.join(rel);
+    match fs::symlink_metadata(&p) {
+        Ok(md) => Ok(Some(md)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(None)
         }
-        let is_final = pending.is_empty();
-        cur.push(&c);
-        match probe(&cur)? {
-            Probe::Dir | Probe::Absent => depth += 1,
-            Probe::Other => {
-                if !is_final && strict {
-                    return Err(CopyError::NotADirectory(show(&cur)));
-                }
-                depth += 1;
-            }
-            Probe::Symlink(target) => {
-                if is_final && !follow_final {
-                    depth += 1;
-                    continue;
-                }
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(CopyError::SymlinkLoop(show(&cur)));
-                }
-                cur.pop();
-                let t = target.as_os_str().as_bytes();
-                if t.starts_with(b"/") {
-                    cur = base.to_path_buf();
-                    depth = 0;
-                }
-                for part in t.split(|&b| b == b'/').rev() {
-                    pending.push_front(OsString::from_vec(part.to_vec()));
-                }
-            }
-        }
+        Err(e) => Err(io_err(p)(e)),
     }
-    Ok(cur)
+}
+
+/// What `root/rel` is, from its `lstat` (`md`); a symlink's target is read.
+fn probe_md(root: &Path, rel: &Path, md: Option<fs::Metadata>) -> Result<Probe, CopyError> {
+    Ok(match md {
+        None => Probe::Absent,
+        Some(md) if md.is_dir() => Probe::Dir,
+        Some(md) if md.file_type().is_symlink() => {
+            let p = root.join(rel);
+            Probe::Symlink(fs::read_link(&p).map_err(io_err(p))?)
+        }
+        Some(_) => Probe::Other,
+    })
 }
 
 // -------------------------------------------------------------------------------------------
@@ -771,35 +739,15 @@ impl SrcFs<'_> {
         if !self.visible(rel) {
             return Ok(None);
         }
-        let p = self.root.join(rel);
-        match fs::symlink_metadata(&p) {
-            Ok(md) => Ok(Some(md)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(io_err(p)(e)),
-        }
+        lstat_at(self.root, rel)
     }
 
     fn probe(&self, rel: &Path) -> Result<Probe, CopyError> {
-        Ok(match self.lstat(rel)? {
-            None => Probe::Absent,
-            Some(md) if md.is_dir() => Probe::Dir,
-            Some(md) if md.file_type().is_symlink() => {
-                let p = self.root.join(rel);
-                Probe::Symlink(fs::read_link(&p).map_err(io_err(p))?)
-            }
-            Some(_) => Probe::Other,
-        })
+        probe_md(self.root, rel, self.lstat(rel)?)
     }
 
     fn resolve(&self, comps: &[OsString], follow_final: bool) -> Result<PathBuf, CopyError> {
-        resolve_with(Path::new(""), comps, follow_final, false, &mut |p| {
+        resolve_in(Path::new(""), comps, follow_final, false, &mut |p| {
             self.probe(p)
         })
     }
@@ -1046,14 +994,6 @@ fn source_entry(
 // -------------------------------------------------------------------------------------------
 // the destination side
 
-/// What a destination path is.
-#[derive(Debug, Clone)]
-enum NodeKind {
-    Dir,
-    Symlink(PathBuf),
-    Other,
-}
-
 /// `dest_root` with this instruction's entries on top.
 struct DestFs<'a> {
     root: &'a Path,
@@ -1078,45 +1018,26 @@ impl<'a> DestFs<'a> {
         if !self.shadowed.is_empty() && rel.ancestors().any(|a| self.shadowed.contains(a)) {
             return Ok(None);
         }
-        let p = self.root.join(rel);
-        match fs::symlink_metadata(&p) {
-            Ok(md) => Ok(Some(md)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(io_err(p)(e)),
-        }
+        lstat_at(self.root, rel)
     }
 
-    fn kind(&self, rel: &Path) -> Result<Option<NodeKind>, CopyError> {
+    /// What a destination path is: a planned entry, else what is on disk.
+    fn kind(&self, rel: &Path) -> Result<Probe, CopyError> {
         if rel.as_os_str().is_empty() {
-            return Ok(Some(NodeKind::Dir));
+            return Ok(Probe::Dir);
         }
         if let Some(e) = self.planned.get(rel) {
-            return Ok(Some(match &e.kind {
-                EntryKind::Dir => NodeKind::Dir,
-                EntryKind::Symlink(t) => NodeKind::Symlink(t.clone()),
-                _ => NodeKind::Other,
-            }));
+            return Ok(match &e.kind {
+                EntryKind::Dir => Probe::Dir,
+                EntryKind::Symlink(t) => Probe::Symlink(t.clone()),
+                _ => Probe::Other,
+            });
         }
-        Ok(match self.disk_md(rel)? {
-            None => None,
-            Some(md) if md.is_dir() => Some(NodeKind::Dir),
-            Some(md) if md.file_type().is_symlink() => {
-                let p = self.root.join(rel);
-                Some(NodeKind::Symlink(fs::read_link(&p).map_err(io_err(p))?))
-            }
-            Some(_) => Some(NodeKind::Other),
-        })
+        probe_md(self.root, rel, self.disk_md(rel)?)
     }
 
     fn is_dir(&self, rel: &Path) -> Result<bool, CopyError> {
-        Ok(matches!(self.kind(rel)?, Some(NodeKind::Dir)))
+        Ok(matches!(self.kind(rel)?, Probe::Dir))
     }
 
     fn resolve(
@@ -1125,14 +1046,7 @@ impl<'a> DestFs<'a> {
         comps: &[OsString],
         follow_final: bool,
     ) -> Result<PathBuf, CopyError> {
-        resolve_with(base, comps, follow_final, true, &mut |p| {
-            Ok(match self.kind(p)? {
-                None => Probe::Absent,
-                Some(NodeKind::Dir) => Probe::Dir,
-                Some(NodeKind::Symlink(t)) => Probe::Symlink(t),
-                Some(NodeKind::Other) => Probe::Other,
-            })
-        })
+        resolve_in(base, comps, follow_final, true, &mut |p| self.kind(p))
     }
 
     /// Creates the missing directories of the resolved path `rel` with `meta`.
@@ -1141,11 +1055,11 @@ impl<'a> DestFs<'a> {
         for c in rel.iter() {
             cur.push(c);
             match self.kind(&cur)? {
-                Some(NodeKind::Dir) => {}
-                None => {
+                Probe::Dir => {}
+                Probe::Absent => {
                     self.planned.insert(cur.clone(), meta.entry(&cur));
                 }
-                Some(_) => return Err(CopyError::NotADirectory(show(&cur))),
+                _ => return Err(CopyError::NotADirectory(show(&cur))),
             }
         }
         Ok(())
@@ -1158,22 +1072,22 @@ impl<'a> DestFs<'a> {
         let path = e.path.clone();
         let is_dir = matches!(e.kind, EntryKind::Dir);
         match (self.kind(&path)?, is_dir) {
-            (None, _) | (Some(NodeKind::Dir), true) => {}
-            (Some(NodeKind::Dir), false) => {
+            (Probe::Absent, _) | (Probe::Dir, true) => {}
+            (Probe::Dir, false) => {
                 if !replace {
                     return Err(CopyError::ReplaceDirectory(show(&path)));
                 }
                 self.remove_planned(&path);
                 self.shadow(&path)?;
             }
-            (Some(_), true) => {
+            (_, true) => {
                 if !replace {
                     return Err(CopyError::NotADirectory(show(&path)));
                 }
                 self.remove_planned(&path);
                 self.shadow(&path)?;
             }
-            (Some(_), false) => {
+            (_, false) => {
                 self.planned.remove(&path);
             }
         }

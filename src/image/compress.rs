@@ -7,10 +7,8 @@
 
 use std::io::{self, Read, Write};
 
-use sha2::{Digest as _, Sha256};
-
 use crate::layer::{
-    self, Compression, DiffId, LayerError, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR,
+    self, Compression, DiffId, HashWriter, LayerError, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR,
     MEDIA_TYPE_LAYER_ZSTD, WriteOptions, WrittenLayer,
 };
 
@@ -102,39 +100,6 @@ pub fn decompressing_reader<'a, R: Read + 'a>(
     Ok((reader, det))
 }
 
-/// A writer that hashes and counts.
-pub(crate) struct Hashing<W> {
-    pub(crate) inner: W,
-    hasher: Sha256,
-    pub(crate) count: u64,
-}
-
-impl<W> Hashing<W> {
-    pub(crate) fn new(inner: W) -> Self {
-        Hashing {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-
-    pub(crate) fn finish(self) -> ([u8; 32], u64, W) {
-        (self.hasher.finalize().into(), self.count, self.inner)
-    }
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Compresses the uncompressed tar read from `tar` into `out` in one pass: sha256 of the input
 /// (diffID), compression, sha256 and size of the output (digest). `out` is flushed.
 ///
@@ -179,9 +144,9 @@ pub(crate) struct DiffHasher {
 
 enum DiffState {
     Head(Vec<u8>),
-    Gzip(Box<flate2::write::MultiGzDecoder<Hashing<io::Sink>>>),
-    Zstd(Box<zstd::stream::write::Decoder<'static, Hashing<io::Sink>>>),
-    Plain(Hashing<io::Sink>),
+    Gzip(Box<flate2::write::MultiGzDecoder<HashWriter<io::Sink>>>),
+    Zstd(Box<zstd::stream::write::Decoder<'static, HashWriter<io::Sink>>>),
+    Plain(HashWriter<io::Sink>),
 }
 
 impl DiffHasher {
@@ -194,7 +159,7 @@ impl DiffHasher {
     fn start(&mut self) -> io::Result<()> {
         if let DiffState::Head(head) = &self.state {
             let head = head.clone();
-            let sink = Hashing::new(io::sink());
+            let sink = HashWriter::new(io::sink());
             self.state = match Detected::from_magic(&head) {
                 Detected::Gzip => {
                     DiffState::Gzip(Box::new(flate2::write::MultiGzDecoder::new(sink)))

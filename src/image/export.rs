@@ -59,6 +59,15 @@ struct Blob {
 }
 
 impl Blob {
+    /// The store's blob that `d` describes.
+    fn stored(d: &Descriptor) -> Result<Blob, ImageError> {
+        Ok(Blob {
+            hex: sha256_hex(d.digest())?.to_string(),
+            size: d.size(),
+            source: Source::Store(d.digest().clone()),
+        })
+    }
+
     fn reader<'a>(&'a mut self, store: &'a Store) -> Result<Box<dyn Read + 'a>, ImageError> {
         Ok(match &mut self.source {
             Source::Store(d) => Box::new(store.open_blob(d)?),
@@ -81,12 +90,8 @@ struct Layout {
     manifest: Descriptor,
 }
 
-fn prepare_oci(
-    store: &Store,
-    image: &StoredImage,
-    names: &[ImageRef],
-    opts: &OciExportOptions,
-) -> Result<Layout, ImageError> {
+/// The image's diffIDs, one per layer (an error when the config and manifest disagree).
+fn layer_diff_ids(image: &StoredImage) -> Result<&[crate::layer::DiffId], ImageError> {
     let diff_ids = &image.config.rootfs.diff_ids;
     if diff_ids.len() != image.layers().len() {
         return Err(ImageError::Invalid(format!(
@@ -96,6 +101,16 @@ fn prepare_oci(
             image.layers().len()
         )));
     }
+    Ok(diff_ids)
+}
+
+fn prepare_oci(
+    store: &Store,
+    image: &StoredImage,
+    names: &[ImageRef],
+    opts: &OciExportOptions,
+) -> Result<Layout, ImageError> {
+    let diff_ids = layer_diff_ids(image)?;
     let mut blobs: Vec<Blob> = Vec::new();
     let mut seen: HashMap<String, ()> = HashMap::new();
     let mut push = |blobs: &mut Vec<Blob>, b: Blob| {
@@ -103,15 +118,7 @@ fn prepare_oci(
             blobs.push(b);
         }
     };
-    let cd = image.config_descriptor.digest();
-    push(
-        &mut blobs,
-        Blob {
-            hex: sha256_hex(cd)?.to_string(),
-            size: image.config_descriptor.size(),
-            source: Source::Store(cd.clone()),
-        },
-    );
+    push(&mut blobs, Blob::stored(&image.config_descriptor)?);
 
     let mut changed = false;
     let mut layers = Vec::with_capacity(image.layers().len());
@@ -122,14 +129,7 @@ fn prepare_oci(
             .filter(|c| opts.force_compression || !current.is_some_and(|cur| cur.matches(*c)));
         match want {
             None => {
-                push(
-                    &mut blobs,
-                    Blob {
-                        hex: sha256_hex(l.digest())?.to_string(),
-                        size: l.size(),
-                        source: Source::Store(l.digest().clone()),
-                    },
-                );
+                push(&mut blobs, Blob::stored(l)?);
                 layers.push(l.clone());
             }
             Some(c) => {
@@ -180,14 +180,7 @@ fn prepare_oci(
         d
     } else {
         let md = &image.manifest_descriptor;
-        push(
-            &mut blobs,
-            Blob {
-                hex: sha256_hex(md.digest())?.to_string(),
-                size: md.size(),
-                source: Source::Store(md.digest().clone()),
-            },
-        );
+        push(&mut blobs, Blob::stored(md)?);
         Descriptor::new(md.media_type().clone(), md.size(), md.digest().clone())
     };
 
@@ -355,15 +348,7 @@ fn docker_archive<W: Write>(
     let mut layers: BTreeMap<String, (Descriptor, crate::layer::DiffId, String)> = BTreeMap::new();
     for item in images {
         let img = item.image;
-        let diff_ids = &img.config.rootfs.diff_ids;
-        if diff_ids.len() != img.layers().len() {
-            return Err(ImageError::Invalid(format!(
-                "image {}: its config lists {} diff_ids for {} layers",
-                display_name(img),
-                diff_ids.len(),
-                img.layers().len()
-            )));
-        }
+        let diff_ids = layer_diff_ids(img)?;
         let cfg_name = format!("{}.json", sha256_hex(img.id())?);
         configs.insert(cfg_name.clone(), img.id().clone());
         let mut layer_names = Vec::new();
@@ -517,7 +502,7 @@ fn write_tar<W: Write>(
                 let tmp_path = tmp.path().to_path_buf();
                 let (mut dec, _) = compress::decompressing_reader(store.open_blob(desc.digest())?)
                     .map_err(|e| ImageError::io("decompressing", &tmp_path, e))?;
-                let mut hw = super::compress::Hashing::new(BufWriter::new(&mut *tmp.file()));
+                let mut hw = crate::layer::HashWriter::new(BufWriter::new(&mut *tmp.file()));
                 io::copy(&mut dec, &mut hw)
                     .map_err(|e| ImageError::io("decompressing layer into", &tmp_path, e))?;
                 let (h, size, bw) = hw.finish();

@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use oci_spec::image::{Arch, Descriptor, Digest, ImageIndex, ImageManifest, MediaType, Os};
 use sha2::{Digest as _, Sha256};
 
-use super::compress::{self, Hashing};
+use super::compress;
 use super::config::{ImageConfig, canonical_json};
 use super::reference::ImageRef;
 use super::{
@@ -39,6 +39,7 @@ use super::{
     MEDIA_TYPE_DOCKER_MANIFEST_LIST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, parse_ref,
     sha256_digest, sha256_hex,
 };
+use crate::layer::HashWriter;
 use crate::layer::{Compression, LayerEntry, WriteOptions, WrittenLayer};
 
 const OCI_LAYOUT: &str = "oci-layout";
@@ -238,7 +239,7 @@ fn sync_dir(dir: &Path) -> Result<(), ImageError> {
 pub struct BlobWriter<'s> {
     store: &'s Store,
     tmp: TempFile,
-    out: Hashing<BufWriter<File>>,
+    out: HashWriter<BufWriter<File>>,
 }
 
 impl Write for BlobWriter<'_> {
@@ -253,7 +254,7 @@ impl Write for BlobWriter<'_> {
 impl BlobWriter<'_> {
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
-        self.out.count
+        self.out.count()
     }
 
     /// Commits the blob: fsync, rename to `blobs/sha256/<digest>`, fsync the directory.
@@ -447,7 +448,7 @@ impl Store {
         Ok(BlobWriter {
             store: self,
             tmp,
-            out: Hashing::new(BufWriter::with_capacity(256 * 1024, f)),
+            out: HashWriter::new(BufWriter::with_capacity(256 * 1024, f)),
         })
     }
 

@@ -183,19 +183,7 @@ pub fn apply_layer_with_whiteouts<R: Read>(
     archive.set_overwrite(true);
     archive.set_mask(0);
 
-    let mut ap = Applier {
-        root,
-        ownership,
-        xattrs: opts.xattrs,
-        whiteouts,
-        written: HashSet::new(),
-        ancestors: HashSet::new(),
-        dirs: BTreeMap::new(),
-        parent_cache: None,
-        entries: 0,
-        ownership_ignored: 0,
-        warnings: Vec::new(),
-    };
+    let mut ap = Applier::new(root, ownership, opts.xattrs, whiteouts);
     let read_err = |e| LayerError::stream("reading the layer archive", e);
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
@@ -266,7 +254,7 @@ struct Applier {
 }
 
 /// Lexical cleaning as `filepath.Clean("/" + name)`: the components left, `..` stopping at the root.
-fn clean(raw: &[u8]) -> Vec<OsString> {
+pub(crate) fn clean(raw: &[u8]) -> Vec<OsString> {
     let mut out: Vec<OsString> = Vec::new();
     for c in raw.split(|&b| b == b'/') {
         match c {
@@ -312,6 +300,23 @@ fn remove_any(path: &Path, md: &fs::Metadata) -> io::Result<()> {
 }
 
 impl Applier {
+    /// An applier onto `root` that has written nothing yet.
+    fn new(root: PathBuf, ownership: Ownership, xattrs: bool, whiteouts: WhiteoutMode) -> Self {
+        Applier {
+            root,
+            ownership,
+            xattrs,
+            whiteouts,
+            written: HashSet::new(),
+            ancestors: HashSet::new(),
+            dirs: BTreeMap::new(),
+            parent_cache: None,
+            entries: 0,
+            ownership_ignored: 0,
+            warnings: Vec::new(),
+        }
+    }
+
     fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), LayerError> {
         let et = entry.header().entry_type();
         if et.is_pax_global_extensions()
@@ -977,7 +982,68 @@ pub fn resolve_in_root(root: &Path, path: &Path, follow_final: bool) -> io::Resu
 }
 
 fn resolve_components(root: &Path, comps: &[OsString], follow_final: bool) -> io::Result<PathBuf> {
-    let mut cur = root.to_path_buf();
+    let probe = &mut |p: &Path| -> io::Result<Probe> {
+        let md = match fs::symlink_metadata(p) {
+            Ok(md) => md,
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                return Ok(Probe::Absent);
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(if md.is_dir() {
+            Probe::Dir
+        } else if md.file_type().is_symlink() {
+            Probe::Symlink(fs::read_link(p)?)
+        } else {
+            Probe::Other
+        })
+    };
+    resolve_with(root, comps, follow_final, false, probe).map_err(|e| match e {
+        ResolveError::Probe(e) => e,
+        ResolveError::SymlinkLoop(_) => io::Error::other("too many levels of symbolic links"),
+        // Not `strict`: a non-directory in the middle is taken as missing.
+        ResolveError::NotADirectory(p) => io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{}: not a directory", p.display()),
+        ),
+    })
+}
+
+/// What one path is, seen with `lstat` (by [`resolve_with`]'s probe).
+pub(crate) enum Probe {
+    Dir,
+    /// A symlink, with its target.
+    Symlink(PathBuf),
+    Other,
+    Absent,
+}
+
+/// Why [`resolve_with`] failed.
+pub(crate) enum ResolveError<E> {
+    /// The probe failed.
+    Probe(E),
+    /// A non-directory in the middle of the path (only when `strict`).
+    NotADirectory(PathBuf),
+    /// More than 255 symlinks were followed (a loop); the path is the last one met.
+    SymlinkLoop(PathBuf),
+}
+
+/// Resolves `comps` below `base` (a path already resolved) as if `base` were `/` (a chroot),
+/// asking `probe` what each path met on the way is: a symlink's target is resolved the same way
+/// (an absolute target starts again at `base`, `..` stops there). Missing components are taken
+/// literally. With `follow_final` false a symlink in the last position is not followed. A
+/// non-directory in the middle is an error when `strict`, else treated as missing.
+pub(crate) fn resolve_with<E>(
+    base: &Path,
+    comps: &[OsString],
+    follow_final: bool,
+    strict: bool,
+    probe: &mut dyn FnMut(&Path) -> Result<Probe, E>,
+) -> Result<PathBuf, ResolveError<E>> {
+    let mut cur = base.to_path_buf();
     let mut depth = 0usize;
     let mut pending: VecDeque<OsString> = comps.iter().cloned().collect();
     let mut links = 0u32;
@@ -995,34 +1061,33 @@ fn resolve_components(root: &Path, comps: &[OsString], follow_final: bool) -> io
         }
         let is_final = pending.is_empty();
         cur.push(&c);
-        let md = match fs::symlink_metadata(&cur) {
-            Ok(md) => md,
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound
-                    || e.kind() == io::ErrorKind::NotADirectory =>
-            {
+        match probe(&cur).map_err(ResolveError::Probe)? {
+            Probe::Dir | Probe::Absent => depth += 1,
+            Probe::Other => {
+                if !is_final && strict {
+                    return Err(ResolveError::NotADirectory(cur));
+                }
                 depth += 1;
-                continue;
             }
-            Err(e) => return Err(e),
-        };
-        if !md.file_type().is_symlink() || (is_final && !follow_final) {
-            depth += 1;
-            continue;
-        }
-        links += 1;
-        if links > MAX_SYMLINKS {
-            return Err(io::Error::other("too many levels of symbolic links"));
-        }
-        let target = fs::read_link(&cur)?;
-        cur.pop();
-        let t = target.as_os_str().as_bytes();
-        if t.starts_with(b"/") {
-            cur = root.to_path_buf();
-            depth = 0;
-        }
-        for part in t.split(|&b| b == b'/').rev() {
-            pending.push_front(OsString::from_vec(part.to_vec()));
+            Probe::Symlink(target) => {
+                if is_final && !follow_final {
+                    depth += 1;
+                    continue;
+                }
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(ResolveError::SymlinkLoop(cur));
+                }
+                cur.pop();
+                let t = target.as_os_str().as_bytes();
+                if t.starts_with(b"/") {
+                    cur = base.to_path_buf();
+                    depth = 0;
+                }
+                for part in t.split(|&b| b == b'/').rev() {
+                    pending.push_front(OsString::from_vec(part.to_vec()));
+                }
+            }
         }
     }
     Ok(cur)
@@ -1055,19 +1120,7 @@ mod tests {
         std::os::unix::fs::symlink("loop1", root.join("loop2")).unwrap();
         fs::create_dir(root.join("d")).unwrap();
         std::os::unix::fs::symlink("../d/../up/etc", root.join("d/rel")).unwrap();
-        let ap = Applier {
-            root: root.clone(),
-            ownership: Ownership::Ignore,
-            xattrs: false,
-            whiteouts: WhiteoutMode::Delete,
-            written: HashSet::new(),
-            ancestors: HashSet::new(),
-            dirs: BTreeMap::new(),
-            parent_cache: None,
-            entries: 0,
-            ownership_ignored: 0,
-            warnings: Vec::new(),
-        };
+        let ap = Applier::new(root.clone(), Ownership::Ignore, false, WhiteoutMode::Delete);
         let r = |p: &str| ap.resolve(&clean(p.as_bytes()));
         assert_eq!(r("abs/etc").unwrap(), root.join("etc"));
         assert_eq!(r("up/x").unwrap(), root.join("x"));

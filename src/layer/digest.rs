@@ -116,6 +116,11 @@ impl<W> HashWriter<W> {
         }
     }
 
+    /// The number of bytes written so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.count
+    }
+
     /// The digest and byte count so far, and the inner writer.
     pub(crate) fn finish(self) -> ([u8; 32], u64, W) {
         (self.hasher.finalize().into(), self.count, self.inner)
