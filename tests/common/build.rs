@@ -105,43 +105,10 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
-/// Runs `kiln --root ROOT build -f DOCKERFILE -o type=local,dest=OUT --iidfile … EXTRA CTX`.
+/// Runs `kiln --root ROOT build -f DOCKERFILE -o type=local,dest=OUT --iidfile … EXTRA CTX`
+/// (with no SOURCE_DATE_EPOCH from the caller's environment).
 pub fn try_build(root: &Path, ctx: &Path, dockerfile: &str, extra: &[&str]) -> Built {
-    let df = ctx.join("Dockerfile.kiln-test");
-    std::fs::write(&df, dockerfile).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let iid = files.path().join("iid");
-    let meta = files.path().join("metadata.json");
-    let output = super::kiln()
-        .arg("--root")
-        .arg(root)
-        .arg("build")
-        .arg("-f")
-        .arg(&df)
-        .arg("-o")
-        .arg(format!("type=local,dest={}", out.path().display()))
-        .arg("--iidfile")
-        .arg(&iid)
-        .arg("--metadata-file")
-        .arg(&meta)
-        .args(extra)
-        .arg(ctx)
-        .output()
-        .unwrap();
-    std::fs::remove_file(&df).unwrap();
-    let id = std::fs::read_to_string(&iid).unwrap_or_default();
-    let metadata = std::fs::read(&meta)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null);
-    Built {
-        root: root.to_path_buf(),
-        out,
-        id,
-        metadata,
-        output,
-    }
+    try_build_env(root, ctx, dockerfile, extra, &[])
 }
 
 /// Builds and requires success.
