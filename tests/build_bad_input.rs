@@ -12,7 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::build::{
-    Built, blob_contents, build, busybox_rootfs, have, make_tree, skopeo_inspect, try_build,
+    Built, blob_contents, build, busybox_rootfs, have, import_busybox, make_tree, skopeo_inspect,
+    try_build,
 };
 
 /// A unique name for host paths and markers.
@@ -49,20 +50,7 @@ impl Arena {
                 &format!("x={marker}\n"),
             ],
         );
-        let out = common::kiln()
-            .arg("--root")
-            .arg(dir.path().join("store"))
-            .arg("import")
-            .arg(&tar)
-            .arg("busybox:latest")
-            .env("SOURCE_DATE_EPOCH", "0")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        import_busybox(&tar, &dir.path().join("store"));
         let mut a = Arena {
             dir,
             marker,

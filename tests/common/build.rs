@@ -159,11 +159,17 @@ pub fn busybox_rootfs(test: &str) -> Option<PathBuf> {
 pub fn busybox_store(test: &str) -> Option<tempfile::TempDir> {
     let tar = busybox_rootfs(test)?;
     let root = tempfile::tempdir().unwrap();
+    import_busybox(&tar, root.path());
+    Some(root)
+}
+
+/// `kiln --root ROOT import TAR busybox:latest`, reproducibly; panics on failure.
+pub fn import_busybox(tar: &Path, root: &Path) {
     let out = super::kiln()
         .arg("--root")
-        .arg(root.path())
+        .arg(root)
         .arg("import")
-        .arg(&tar)
+        .arg(tar)
         .arg("busybox:latest")
         .env("SOURCE_DATE_EPOCH", "0")
         .output()
@@ -173,7 +179,6 @@ pub fn busybox_store(test: &str) -> Option<tempfile::TempDir> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(root)
 }
 
 pub fn is_root() -> bool {
