@@ -17,6 +17,7 @@
 //! The module knows nothing of OCI formats: it takes directories and argv/env, and reports an exit
 //! status, the mount-point stubs it had to create, and the last lines of output.
 
+pub mod mount;
 pub mod sandbox;
 mod sys;
 pub mod userns;
