@@ -22,4 +22,5 @@ scripts/make-busybox-rootfs.sh target/busybox-rootfs.tar >/dev/null
 "$kiln" build -t kiln-example/hello:dev examples/multistage
 "$kiln" build -t kiln-example/site:dev -o type=oci,dest=target/site-oci.tar examples/static-site
 "$kiln" images
+"$kiln" run --rm kiln-example/hello:dev   # runs the image's CMD in kiln's sandbox
 echo "store: $KILN_ROOT (an OCI image layout: try skopeo inspect oci:$KILN_ROOT:docker.io/kiln-example/hello:dev)"

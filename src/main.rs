@@ -32,10 +32,31 @@ struct Cli {
     command: Commands,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum NetworkMode {
+    Host,
+    None,
+}
+
 #[derive(Subcommand)]
 enum Commands {
     /// Build an image from a Dockerfile and a context directory.
     Build(BuildArgs),
+    /// Run a command in an image (its ENTRYPOINT/CMD by default) in kiln's sandbox; nothing the
+    /// command writes is kept. Exits with the command's status.
+    Run {
+        /// Accepted for docker compatibility: kiln never keeps a container.
+        #[arg(long)]
+        rm: bool,
+        /// The network: host (default) or none.
+        #[arg(long, value_enum, default_value_t = NetworkMode::Host)]
+        network: NetworkMode,
+        /// The image.
+        image: String,
+        /// The command (replaces CMD; ENTRYPOINT stays).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// List the images in the store.
     Images,
     /// Show an image's config and manifest as JSON.
@@ -96,6 +117,12 @@ struct BuildArgs {
     /// Write build metadata (digests, names, steps) as JSON to this file.
     #[arg(long = "metadata-file", value_name = "FILE")]
     metadata_file: Option<PathBuf>,
+    /// A secret for `RUN --mount=type=secret`: id=ID,src=FILE or id=ID,env=VAR (repeatable).
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    secrets: Vec<String>,
+    /// The network RUN steps get: host (default) or none (loopback only).
+    #[arg(long, value_enum, default_value_t = NetworkMode::Host)]
+    network: NetworkMode,
     /// The build context directory.
     context: PathBuf,
 }
@@ -145,6 +172,22 @@ struct PlanArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Commands::Run {
+        rm: _,
+        network,
+        image,
+        command,
+    } = &cli.command
+    {
+        return match cmd_run(cli.root.clone(), image, command, *network) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                // docker run's own failures are 125; keep them apart from the command's codes.
+                ExitCode::from(125)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -154,9 +197,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// `kiln run`: the command's exit code, or 128 + the signal that killed it.
+fn cmd_run(
+    root: Option<PathBuf>,
+    image: &str,
+    command: &[String],
+    network: NetworkMode,
+) -> Result<u8> {
+    let single_id = enter_namespaces()?;
+    let root = store_root(root)?;
+    let store = Store::open(&root)?;
+    let status = kiln::build::container::run_image(
+        &store,
+        &kiln::build::container::RunImageOptions {
+            image: image.to_string(),
+            command: command.to_vec(),
+            network: match network {
+                NetworkMode::Host => kiln::exec::Network::Host,
+                NetworkMode::None => kiln::exec::Network::None,
+            },
+            single_id,
+        },
+    )?;
+    Ok(match status {
+        kiln::exec::ExitStatus::Code(c) => c as u8,
+        kiln::exec::ExitStatus::Signal(s) => (128 + s) as u8,
+    })
+}
+
 fn run(cli: Cli) -> Result<()> {
     let root = store_root(cli.root)?;
     match cli.command {
+        Commands::Run { .. } => unreachable!("handled in main"),
         Commands::Build(args) => cmd_build(&root, args),
         Commands::Images => cmd_images(&root),
         Commands::Inspect { name } => cmd_inspect(&root, &name),
@@ -176,11 +248,23 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Commands::Prune => {
+            // Snapshots made in a user namespace hold files of subordinate ids: remove them there.
+            enter_namespaces()?;
             let store = Store::open(&root)?;
             let r = store.prune()?;
+            // Unpacked layers of images that are still named stay; the rest is rebuilt on demand.
+            let keep: Vec<_> = store
+                .list()?
+                .iter()
+                .flat_map(|img| img.config.rootfs.diff_ids.clone())
+                .collect();
+            let snapshots = kiln::layer::SnapshotStore::new(&root)?.prune(&keep)?;
             println!(
-                "removed {} blobs and {} leftover temp files/dirs, {} bytes freed",
-                r.blobs_removed, r.temp_files_removed, r.bytes_freed
+                "removed {} blobs, {} snapshots and {} leftover temp files/dirs, {} bytes freed",
+                r.blobs_removed,
+                snapshots.len(),
+                r.temp_files_removed,
+                r.bytes_freed
             );
             Ok(())
         }
@@ -375,7 +459,22 @@ fn parse_output(spec: &str) -> Result<Output> {
     Ok(out)
 }
 
+/// Enters the build namespaces before anything else happens (in particular before stdin is
+/// read or a thread starts): as an ordinary user, re-executes kiln in a user namespace; then
+/// gives the process a private mount namespace. Returns whether ids are squashed (single-id map).
+fn enter_namespaces() -> Result<bool> {
+    let state = kiln::exec::ensure_userns()?;
+    kiln::exec::mount::private_mount_namespace()?;
+    Ok(state.single_id())
+}
+
 fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
+    let single_id = enter_namespaces()?;
+    let mut secrets = std::collections::BTreeMap::new();
+    for s in &args.secrets {
+        let (id, source) = kiln::build::mounts::parse_secret_flag(s).map_err(|e| anyhow!("{e}"))?;
+        secrets.insert(id, source);
+    }
     // Check everything the user typed before doing any work.
     let outputs: Vec<Output> = args
         .outputs
@@ -412,6 +511,12 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
         tags: tags.clone(),
         source_date_epoch: sde,
         compression: Compression::gzip(),
+        network: match args.network {
+            NetworkMode::Host => kiln::exec::Network::Host,
+            NetworkMode::None => kiln::exec::Network::None,
+        },
+        secrets,
+        single_id,
     };
     let mut progress: Box<dyn Progress> = match (args.quiet, args.progress) {
         (true, _) | (_, ProgressMode::Quiet) => Box::new(Quiet),

@@ -6,7 +6,10 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 
-use common::build::{Built, build, build_error, busybox_store, is_root, make_tree};
+use common::build::{
+    Built, OWNERSHIP_RUNNERS, RUNNERS, Runner, build, build_as, build_error, build_error_as,
+    busybox_store, is_root, make_tree, runner_dir, runner_store,
+};
 
 fn scratch(ctx_spec: &[&str], dockerfile: &str, extra: &[&str]) -> Built {
     let store = tempfile::tempdir().unwrap();
@@ -538,212 +541,319 @@ fn s69_dockerfile_specific_dockerignore() {
     assert_eq!(b.read("/x/bar"), "2");
 }
 
-// ---- busybox rows that need no RUN ----
+// ---- busybox rows that need no RUN, as every runner ----
+
+/// Runs `f(who, store, ctx)` for each runner of `runners` available here, each with a fresh
+/// busybox store and an empty context directory it can reach. Not as root, it runs once as the
+/// current user (`Runner::Root` then means "whoever runs the tests") and skips the other users.
+fn each_runner(
+    test: &str,
+    runners: &[Runner],
+    f: impl Fn(Runner, &std::path::Path, &std::path::Path),
+) {
+    let list: Vec<Runner> = if is_root() {
+        runners
+            .iter()
+            .copied()
+            .filter(|r| r.available(test))
+            .collect()
+    } else {
+        eprintln!("SKIP {test} as other users: needs root");
+        vec![Runner::Root]
+    };
+    for who in list {
+        let store = match who {
+            Runner::Root => busybox_store(test),
+            Runner::User(_) => runner_store(who, test),
+        };
+        let Some(store) = store else {
+            return;
+        };
+        let ctx = runner_dir(who);
+        eprintln!("{test}: as {}", who.label());
+        f(who, store.path(), ctx.path());
+    }
+}
+
+/// The harness itself: a no-RUN build as each runner, read back (files, owners as image ids,
+/// config through `inspect` run as the same user), and a failing build's error.
+#[test]
+fn harness_builds_as_every_runner() {
+    each_runner(
+        "harness_builds_as_every_runner",
+        &RUNNERS,
+        |who, store, ctx| {
+            make_tree(ctx, &["foo=foo-contents", "sub/bar=bar-contents"]);
+            let b = build_as(
+                who,
+                store,
+                ctx,
+                "FROM busybox\nCOPY foo /foo\nCOPY sub /sub/\nENV WHO=me\nWORKDIR /w\n",
+                &["-t", "harness:latest"],
+                &[("SOURCE_DATE_EPOCH", "0")],
+            );
+            assert_eq!(b.read("/foo"), "foo-contents", "as {}", who.label());
+            assert_eq!(b.read("/sub/bar"), "bar-contents");
+            assert!(b.path("/bin/busybox").is_file());
+            assert_eq!(b.owner("/foo"), (0, 0), "as {}", who.label());
+            assert_eq!(b.owner("/sub/bar"), (0, 0));
+            assert_eq!(b.owner("/w"), (0, 0));
+            assert!(b.id.starts_with("sha256:"), "{}", b.id);
+            let c = b.inspect();
+            assert_eq!(c["config"]["config"]["WorkingDir"], "/w");
+            assert!(
+                c["config"]["config"]["Env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e == "WHO=me"),
+                "{c}"
+            );
+            // The image is in the runner's store, listed by kiln run as the runner.
+            let out = common::build::kiln_as(who)
+                .arg("--root")
+                .arg(store)
+                .args(["images"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains("harness"));
+            let err = build_error_as(
+                who,
+                store,
+                ctx,
+                "FROM busybox\nCOPY nosuchfile /\n",
+                &[],
+                &[],
+            );
+            assert!(err.contains(":2:"), "{err}");
+        },
+    );
+}
 
 #[test]
 fn s03_s12_relative_destinations_on_busybox() {
-    let Some(store) = busybox_store("s03_s12_relative_destinations_on_busybox") else {
-        return;
-    };
-    let ctx = tempfile::tempdir().unwrap();
-    make_tree(ctx.path(), &["testfile=t", "foo=hello"]);
-    let b = build(
-        store.path(),
-        ctx.path(),
-        "FROM busybox\nWORKDIR /var/www\nCOPY --link testfile .\nENV empty=\"\"\nCOPY testfile $empty\n",
-        &[],
-    );
-    assert_eq!(b.read("/var/www/testfile"), "t");
-    let b = build(
-        store.path(),
-        ctx.path(),
-        "FROM busybox\nWORKDIR /test1\nWORKDIR test2\nCOPY foo ./\nADD foo ./bar/baz\n\
-         COPY foo ./bar/baz2\nWORKDIR ..\nCOPY foo ./\nCOPY foo /test3/\nWORKDIR /test4\n\
-         COPY . .\nWORKDIR /test5/test6\nCOPY foo ../\n",
-        &[],
-    );
-    for p in [
-        "/test1/test2/foo",
-        "/test1/test2/bar/baz",
-        "/test1/test2/bar/baz2",
-        "/test1/foo",
-        "/test3/foo",
-        "/test4/foo",
-        "/test5/foo",
-    ] {
-        assert_eq!(b.read(p), "hello", "{p}");
-    }
-    assert_eq!(
-        b.inspect()["config"]["config"]["WorkingDir"],
-        "/test5/test6"
-    );
-    assert!(
-        b.path("/bin/busybox").is_file(),
-        "the base's files are there"
-    );
+    each_runner("s03_s12", &RUNNERS, |who, store, ctx| {
+        make_tree(ctx, &["testfile=t", "foo=hello"]);
+        let b = build_as(
+            who,
+            store,
+            ctx,
+            "FROM busybox\nWORKDIR /var/www\nCOPY --link testfile .\nENV empty=\"\"\nCOPY testfile $empty\n",
+            &[],
+            &[],
+        );
+        assert_eq!(b.read("/var/www/testfile"), "t");
+        let b = build_as(
+            who,
+            store,
+            ctx,
+            "FROM busybox\nWORKDIR /test1\nWORKDIR test2\nCOPY foo ./\nADD foo ./bar/baz\n\
+             COPY foo ./bar/baz2\nWORKDIR ..\nCOPY foo ./\nCOPY foo /test3/\nWORKDIR /test4\n\
+             COPY . .\nWORKDIR /test5/test6\nCOPY foo ../\n",
+            &[],
+            &[],
+        );
+        for p in [
+            "/test1/test2/foo",
+            "/test1/test2/bar/baz",
+            "/test1/test2/bar/baz2",
+            "/test1/foo",
+            "/test3/foo",
+            "/test4/foo",
+            "/test5/foo",
+        ] {
+            assert_eq!(b.read(p), "hello", "{p}");
+        }
+        assert_eq!(
+            b.inspect()["config"]["config"]["WorkingDir"],
+            "/test5/test6"
+        );
+        assert!(
+            b.path("/bin/busybox").is_file(),
+            "the base's files are there"
+        );
+    });
 }
 
 #[test]
 fn s15_chmod_on_busybox() {
-    let Some(store) = busybox_store("s15_chmod_on_busybox") else {
-        return;
-    };
-    let ctx = tempfile::tempdir().unwrap();
-    make_tree(ctx.path(), &["foo=f", "bar=b"]);
-    let b = build(
-        store.path(),
-        ctx.path(),
-        "FROM busybox\nCOPY --chmod=0644 foo /\nCOPY --chmod=777 bar /baz\nCOPY --chmod=0 foo /foobis\n\
-         COPY --chmod=777 foo /parent/foo\nCOPY --chmod=770 foo /parent/sub/foo\nARG mode\n\
-         COPY --chmod=${mode} foo /footer\n",
-        &["--build-arg", "mode=755"],
-    );
-    assert_eq!(b.mode("/foo"), 0o644);
-    assert_eq!(b.mode("/baz"), 0o777);
-    assert_eq!(b.mode("/foobis"), 0o000);
-    assert_eq!(b.mode("/footer"), 0o755);
-    assert_eq!(b.mode("/parent"), 0o777);
-    assert_eq!(b.mode("/parent/sub"), 0o770);
+    each_runner("s15", &RUNNERS, |who, store, ctx| {
+        make_tree(ctx, &["foo=f", "bar=b"]);
+        let b = build_as(
+            who,
+            store,
+            ctx,
+            "FROM busybox\nCOPY --chmod=0644 foo /\nCOPY --chmod=777 bar /baz\nCOPY --chmod=0 foo /foobis\n\
+             COPY --chmod=777 foo /parent/foo\nCOPY --chmod=770 foo /parent/sub/foo\nARG mode\n\
+             COPY --chmod=${mode} foo /footer\n",
+            &["--build-arg", "mode=755"],
+            &[],
+        );
+        assert_eq!(b.mode("/foo"), 0o644);
+        assert_eq!(b.mode("/baz"), 0o777);
+        assert_eq!(b.mode("/foobis"), 0o000);
+        assert_eq!(b.mode("/footer"), 0o755);
+        assert_eq!(b.mode("/parent"), 0o777);
+        assert_eq!(b.mode("/parent/sub"), 0o770);
+    });
 }
 
 #[test]
 fn s18_chown_on_busybox() {
-    let Some(store) = busybox_store("s18_chown_on_busybox") else {
-        return;
-    };
     if !is_root() {
         eprintln!("SKIP s18_chown_on_busybox: needs root to read back owners");
         return;
     }
-    let ctx = tempfile::tempdir().unwrap();
-    make_tree(ctx.path(), &["foo=f", "bar/sub=s"]);
-    let b = build(
-        store.path(),
-        ctx.path(),
-        "FROM busybox\nENV owner 1000\nCOPY --chown=daemon foo /\nCOPY --chown=1000:nobody bar /baz\n\
-         ARG group\nCOPY --chown=${owner}:${group} foo /foobis\n",
-        &["--build-arg", "group=nobody"],
-    );
-    assert_eq!(b.owner("/foo"), (1, 1));
-    assert_eq!(b.owner("/baz/sub"), (1000, 65534));
-    assert_eq!(b.owner("/foobis"), (1000, 65534));
-    let err = build_error(
-        store.path(),
-        ctx.path(),
-        "FROM busybox\nCOPY --chown=nosuchuser foo /\n",
-        &[],
-    );
-    assert!(err.contains("unable to find user nosuchuser"), "{err}");
-    assert!(err.contains(":2:"), "{err}");
+    // Ownership: root and the user with subordinate ids (a single-id map cannot hold 1000).
+    // TODO(T1): OWNERSHIP_RUNNERS once `kiln build` re-executes in a user namespace (with RUN).
+    each_runner("s18", &OWNERSHIP_RUNNERS[..1], |who, store, ctx| {
+        make_tree(ctx, &["foo=f", "bar/sub=s"]);
+        let b = build_as(
+            who,
+            store,
+            ctx,
+            "FROM busybox\nENV owner 1000\nCOPY --chown=daemon foo /\nCOPY --chown=1000:nobody bar /baz\n\
+             ARG group\nCOPY --chown=${owner}:${group} foo /foobis\n",
+            &["--build-arg", "group=nobody"],
+            &[],
+        );
+        let l = who.label();
+        assert_eq!(b.owner("/foo"), (1, 1), "as {l}");
+        assert_eq!(b.owner("/baz/sub"), (1000, 65534), "as {l}");
+        assert_eq!(b.owner("/foobis"), (1000, 65534), "as {l}");
+        let err = build_error_as(
+            who,
+            store,
+            ctx,
+            "FROM busybox\nCOPY --chown=nosuchuser foo /\n",
+            &[],
+            &[],
+        );
+        assert!(err.contains("unable to find user nosuchuser"), "{err}");
+        assert!(err.contains(":2:"), "{err}");
+    });
 }
 
 #[test]
 fn s41_shell_entrypoint_clears_inherited_cmd() {
-    let Some(store) = busybox_store("s41") else {
-        return;
-    };
-    let ctx = tempfile::tempdir().unwrap();
-    build(
-        store.path(),
-        ctx.path(),
-        "FROM busybox\nCMD [\"test\"]\n",
-        &["-t", "base"],
-    );
-    let b = build(
-        store.path(),
-        ctx.path(),
-        "FROM base\nSHELL [\"ls\"]\nENTRYPOINT my entrypoint\n",
-        &[],
-    );
-    let c = &b.inspect()["config"]["config"];
-    assert_eq!(c["Entrypoint"], serde_json::json!(["ls", "my entrypoint"]));
-    assert!(c.get("Cmd").is_none() || c["Cmd"].is_null(), "{c}");
+    each_runner("s41", &RUNNERS, |who, store, ctx| {
+        build_as(
+            who,
+            store,
+            ctx,
+            "FROM busybox\nCMD [\"test\"]\n",
+            &["-t", "base"],
+            &[],
+        );
+        let b = build_as(
+            who,
+            store,
+            ctx,
+            "FROM base\nSHELL [\"ls\"]\nENTRYPOINT my entrypoint\n",
+            &[],
+            &[],
+        );
+        let c = &b.inspect()["config"]["config"];
+        assert_eq!(c["Entrypoint"], serde_json::json!(["ls", "my entrypoint"]));
+        assert!(c.get("Cmd").is_none() || c["Cmd"].is_null(), "{c}");
+    });
 }
 
 #[test]
 fn s44_global_arg_in_from() {
-    let Some(store) = busybox_store("s44") else {
-        return;
-    };
-    let ctx = tempfile::tempdir().unwrap();
-    let b = build(
-        store.path(),
-        ctx.path(),
-        "ARG tag=nosuchtag\nFROM busybox:${tag}\n",
-        &["--build-arg", "tag=latest"],
-    );
-    assert!(b.path("/bin/busybox").is_file());
-    let err = build_error(
-        store.path(),
-        ctx.path(),
-        "ARG tag=nosuchtag\nFROM busybox:${tag}\n",
-        &[],
-    );
-    assert!(err.contains("nosuchtag") && err.contains(":2:"), "{err}");
+    each_runner("s44", &RUNNERS, |who, store, ctx| {
+        let b = build_as(
+            who,
+            store,
+            ctx,
+            "ARG tag=nosuchtag\nFROM busybox:${tag}\n",
+            &["--build-arg", "tag=latest"],
+            &[],
+        );
+        assert!(b.path("/bin/busybox").is_file());
+        let err = build_error_as(
+            who,
+            store,
+            ctx,
+            "ARG tag=nosuchtag\nFROM busybox:${tag}\n",
+            &[],
+            &[],
+        );
+        assert!(err.contains("nosuchtag") && err.contains(":2:"), "{err}");
+    });
 }
 
 #[test]
 fn s52_s53_stage_names_and_images_in_from() {
-    let Some(store) = busybox_store("s52") else {
-        return;
-    };
-    let ctx = tempfile::tempdir().unwrap();
-    make_tree(ctx.path(), &["foo=foo-contents"]);
-    let b = build(
-        store.path(),
-        ctx.path(),
-        "FROM scratch AS STAge0\nCOPY foo bar\nFROM scratch AS staGE1\nCOPY --from=staGE0 bar baz\n\
-         FROM scratch\nCOPY --from=stage1 baz bax\n",
-        &["--target", "Stage1"],
-    );
-    assert_eq!(b.read("/baz"), "foo-contents");
-    let b = build(
-        store.path(),
-        ctx.path(),
-        "FROM scratch\nCOPY --from=busybox /etc/passwd test\n",
-        &[],
-    );
-    assert!(b.read("/test").starts_with("root:x:0:0"));
-    let b = build(
-        store.path(),
-        ctx.path(),
-        "FROM scratch AS busybox\nCOPY foo /etc/passwd\nFROM scratch\nCOPY --from=busybox /etc/passwd test\n",
-        &[],
-    );
-    assert_eq!(b.read("/test"), "foo-contents", "a stage shadows the image");
+    each_runner("s52_s53", &RUNNERS, |who, store, ctx| {
+        make_tree(ctx, &["foo=foo-contents"]);
+        let b = build_as(
+            who,
+            store,
+            ctx,
+            "FROM scratch AS STAge0\nCOPY foo bar\nFROM scratch AS staGE1\nCOPY --from=staGE0 bar baz\n\
+             FROM scratch\nCOPY --from=stage1 baz bax\n",
+            &["--target", "Stage1"],
+            &[],
+        );
+        assert_eq!(b.read("/baz"), "foo-contents");
+        let b = build_as(
+            who,
+            store,
+            ctx,
+            "FROM scratch\nCOPY --from=busybox /etc/passwd test\n",
+            &[],
+            &[],
+        );
+        assert!(b.read("/test").starts_with("root:x:0:0"));
+        let b = build_as(
+            who,
+            store,
+            ctx,
+            "FROM scratch AS busybox\nCOPY foo /etc/passwd\nFROM scratch\nCOPY --from=busybox /etc/passwd test\n",
+            &[],
+            &[],
+        );
+        assert_eq!(b.read("/test"), "foo-contents", "a stage shadows the image");
+    });
 }
 
 #[test]
 fn s61_s63_s65_heredoc_copy() {
-    let Some(store) = busybox_store("s61") else {
-        return;
-    };
-    let ctx = tempfile::tempdir().unwrap();
-    let b = build(
-        store.path(),
-        ctx.path(),
-        "FROM busybox\nWORKDIR /dest\nCOPY <<EOF single\nsingle file\nEOF\n\
-         COPY <<EOF <<EOF2 double/\nfirst file\nEOF\nsecond file\nEOF2\n\
-         COPY --chmod=777 <<EOF /permfiles/all\nx\nEOF\n\
-         ARG name=world\nCOPY <<EOF /dest/c1\nHello ${name}!\nEOF\n\
-         COPY <<'EOF' /dest/c2\nHello ${name}!\nEOF\n\
-         COPY <<\"EOF\" /dest/c3\nHello ${name}!\nEOF\n\
-         COPY <<EOF /dest/c4\nHello '${name}'!\nEOF\n\
-         COPY <<EOF /dest/foo-copy\n\tfoo\nEOF\n\
-         COPY <<-EOF /dest/bar-copy\n\tbar\nEOF\n",
-        &[],
-    );
-    assert_eq!(b.read("/dest/single"), "single file\n");
-    assert_eq!(b.read("/dest/double/EOF"), "first file\n");
-    assert_eq!(b.read("/dest/double/EOF2"), "second file\n");
-    assert_eq!(b.mode("/permfiles/all"), 0o777);
-    assert_eq!(b.mode("/dest/single"), 0o644);
-    assert_eq!(b.read("/dest/c1"), "Hello world!\n");
-    assert_eq!(b.read("/dest/c2"), "Hello ${name}!\n");
-    assert_eq!(b.read("/dest/c3"), "Hello ${name}!\n");
-    assert_eq!(b.read("/dest/c4"), "Hello 'world'!\n");
-    assert_eq!(b.read("/dest/foo-copy"), "\tfoo\n");
-    assert_eq!(b.read("/dest/bar-copy"), "bar\n");
+    each_runner("s61_s63_s65", &RUNNERS, |who, store, ctx| {
+        let b = build_as(
+            who,
+            store,
+            ctx,
+            "FROM busybox\nWORKDIR /dest\nCOPY <<EOF single\nsingle file\nEOF\n\
+             COPY <<EOF <<EOF2 double/\nfirst file\nEOF\nsecond file\nEOF2\n\
+             COPY --chmod=777 <<EOF /permfiles/all\nx\nEOF\n\
+             ARG name=world\nCOPY <<EOF /dest/c1\nHello ${name}!\nEOF\n\
+             COPY <<'EOF' /dest/c2\nHello ${name}!\nEOF\n\
+             COPY <<\"EOF\" /dest/c3\nHello ${name}!\nEOF\n\
+             COPY <<EOF /dest/c4\nHello '${name}'!\nEOF\n\
+             COPY <<EOF /dest/foo-copy\n\tfoo\nEOF\n\
+             COPY <<-EOF /dest/bar-copy\n\tbar\nEOF\n",
+            &[],
+            &[],
+        );
+        assert_eq!(b.read("/dest/single"), "single file\n");
+        assert_eq!(b.read("/dest/double/EOF"), "first file\n");
+        assert_eq!(b.read("/dest/double/EOF2"), "second file\n");
+        assert_eq!(b.mode("/permfiles/all"), 0o777);
+        assert_eq!(b.mode("/dest/single"), 0o644);
+        assert_eq!(b.read("/dest/c1"), "Hello world!\n");
+        assert_eq!(b.read("/dest/c2"), "Hello ${name}!\n");
+        assert_eq!(b.read("/dest/c3"), "Hello ${name}!\n");
+        assert_eq!(b.read("/dest/c4"), "Hello 'world'!\n");
+        assert_eq!(b.read("/dest/foo-copy"), "\tfoo\n");
+        assert_eq!(b.read("/dest/bar-copy"), "bar\n");
+    });
 }
 
 #[test]

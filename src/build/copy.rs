@@ -71,7 +71,7 @@ use crate::layer::{
 };
 
 pub use chmod::{Chmod, InvalidChmod};
-pub use users::{UserError, resolve_chown};
+pub use users::{ExecUser, UserError, resolve_chown, resolve_exec_user};
 
 /// Where COPY/ADD sources are read from.
 #[derive(Debug, Clone, Copy)]

@@ -1,13 +1,18 @@
 //! The scheduler: walks the plan's stages in build order, dispatches each instruction against
 //! the stage's state, writes layers and configs into the store, and reports progress.
 //!
-//! Each stage keeps its filesystem materialised in a directory under the store's temp dir: the
-//! base's layers applied in order, then every layer the stage writes applied on top. COPY/ADD
-//! compute their layer entries against that directory (destination symlinks, existing owners,
-//! `/etc/passwd` for `--chown`), the layer is written straight into a store blob, and that blob
-//! is applied to the directory so the next step sees it.
+//! Each stage's filesystem is a [`stagefs::StageFs`]: on the overlay snapshotter, the stack of
+//! its layers' snapshots (each layer unpacked once into the store, shared by every build) seen
+//! through a read-only overlay view; on the copy fallback, a materialised directory. COPY/ADD
+//! compute their layer entries against that filesystem (destination symlinks, existing owners,
+//! `/etc/passwd` for `--chown`), the layer is written straight into a store blob and added to
+//! the stage. RUN runs in the sandbox on the same snapshots and the upperdir becomes the layer.
 
+pub mod container;
 pub mod copy;
+pub mod mounts;
+pub mod run;
+pub mod stagefs;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,13 +27,15 @@ use crate::dockerfile::instructions::{
 };
 use crate::dockerfile::shell::Lexer;
 use crate::dockerfile::{self as df_mod};
+use crate::exec::Network;
 use crate::image::config::{ContainerConfig, Empty, Healthcheck, History, format_rfc3339};
 use crate::image::{Descriptor, ImageConfig, ImageError, ImageRef, Store, StoredImage};
-use crate::layer::{ApplyOptions, Compression, LayerEntry, WriteOptions, apply_layer};
+use crate::layer::{Compression, LayerEntry, WriteOptions};
 use crate::plan::{self, Base, Graph, PlanOptions, Scope};
 use crate::progress::{Event, Progress};
 
 use copy::{CopyRequest, CopySource};
+use stagefs::{Filesystems, StageFs};
 
 /// The PATH an image gets when its base has none (BuildKit's default for Linux).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -53,6 +60,12 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<i64>,
     /// Compression of the layers kiln stores.
     pub compression: Compression,
+    /// The network RUN steps get unless they say `--network=…`.
+    pub network: Network,
+    /// `--secret` values by id.
+    pub secrets: BTreeMap<String, mounts::SecretSource>,
+    /// The process runs in a user namespace with a single-id map: other owners are squashed.
+    pub single_id: bool,
 }
 
 /// One step of the build, for `--metadata-file` and the caller's summary.
@@ -68,6 +81,15 @@ pub struct StepRecord {
     pub layer_digest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer_size: Option<u64>,
+    /// The layer's diffID (`sha256:…`): its snapshot is `<store>/snapshots/<hex>/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
+    /// RUN: seconds spent reading the changes (the upperdir differ).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff_seconds: Option<f64>,
+    /// RUN: seconds spent writing the layer blob (tar, digest, compression).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_seconds: Option<f64>,
 }
 
 /// What a build produced.
@@ -97,6 +119,11 @@ pub enum BuildError {
     Context { path: PathBuf, message: String },
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Filesystem(#[from] stagefs::StageFsError),
+    /// `kiln run` could not run the image.
+    #[error("{0}")]
+    Run(String),
 }
 
 /// What COPY and ADD share, as written (unexpanded).
@@ -114,7 +141,7 @@ struct CopyFlags<'i> {
 
 /// The state of one stage while it builds.
 struct StageState {
-    rootfs: tempfile::TempDir,
+    fs: StageFs,
     config: ImageConfig,
     layers: Vec<Descriptor>,
     scope: Scope,
@@ -155,8 +182,22 @@ pub fn build(
     })?;
 
     let filter = context_filter(opts)?;
+    let probe = tempfile::Builder::new()
+        .prefix("probe-")
+        .tempdir_in(store.tmp_dir())
+        .map_err(|e| BuildError::Context {
+            path: store.tmp_dir().to_path_buf(),
+            message: format!("creating a temporary directory: {e}"),
+        })?;
+    let snapshotter = stagefs::choose(probe.path());
+    drop(probe);
+    progress.event(&Event::Notice {
+        message: format!("snapshotter: {snapshotter}"),
+    });
+    let fss = Filesystems::new(store, snapshotter, opts.single_id)?;
     let mut b = Builder {
         store,
+        fss,
         opts,
         df: &df,
         graph: &graph,
@@ -166,6 +207,8 @@ pub fn build(
         stages: BTreeMap::new(),
         images: BTreeMap::new(),
         steps: Vec::new(),
+        step_extra: StepExtra::default(),
+        current_step: 0,
         next_id: 1,
         progress,
         now: opts
@@ -230,8 +273,17 @@ fn context_filter(opts: &BuildOptions) -> Result<ContextFilter, BuildError> {
     })
 }
 
+/// What a step measured beyond its time, for its [`StepRecord`].
+#[derive(Default)]
+struct StepExtra {
+    diff_id: Option<String>,
+    diff_seconds: Option<f64>,
+    layer_seconds: Option<f64>,
+}
+
 struct Builder<'a> {
     store: &'a Store,
+    fss: Filesystems<'a>,
     opts: &'a BuildOptions,
     df: &'a Dockerfile,
     graph: &'a Graph,
@@ -240,9 +292,12 @@ struct Builder<'a> {
     lexer: Lexer,
     /// Finished stages (kept for `FROM <stage>` and `COPY --from`).
     stages: BTreeMap<usize, StageState>,
-    /// Images materialised for `COPY --from=<image>`.
-    images: BTreeMap<String, tempfile::TempDir>,
+    /// Filesystems of images read by `COPY --from=<image>` and `RUN --mount=from=<image>`.
+    images: BTreeMap<String, StageFs>,
     steps: Vec<StepRecord>,
+    step_extra: StepExtra,
+    /// The id of the step running now (RUN output is reported under it).
+    current_step: usize,
     next_id: usize,
     progress: &'a mut dyn Progress,
     /// Timestamp for history entries and files kiln creates.
@@ -259,29 +314,6 @@ impl Builder<'_> {
         }
     }
 
-    fn tmpdir(&self, prefix: &str) -> Result<tempfile::TempDir, BuildError> {
-        tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(self.store.tmp_dir())
-            .map_err(|e| BuildError::Context {
-                path: self.store.tmp_dir().to_path_buf(),
-                message: format!("creating a temporary directory: {e}"),
-            })
-    }
-
-    fn apply_layers(&self, layers: &[Descriptor], target: &Path) -> Result<(), BuildError> {
-        for l in layers {
-            let blob = self.store.open_blob(l.digest())?;
-            apply_layer(blob, target, &ApplyOptions::default()).map_err(|e| {
-                BuildError::Image(ImageError::Invalid(format!(
-                    "applying layer {}: {e}",
-                    l.digest()
-                )))
-            })?;
-        }
-        Ok(())
-    }
-
     fn stage_label(&self, index: usize) -> String {
         self.df.stages[index]
             .name
@@ -292,6 +324,7 @@ impl Builder<'_> {
     fn start_step(&mut self, name: String) -> (usize, Instant) {
         let id = self.next_id;
         self.next_id += 1;
+        self.current_step = id;
         self.progress.event(&Event::StepStarted { id, name });
         (id, Instant::now())
     }
@@ -305,7 +338,6 @@ impl Builder<'_> {
             "[{label} 1/{total}] FROM {}",
             planned.base_expanded
         ));
-        let rootfs = self.tmpdir("stage-")?;
         let host = crate::image::Platform::host();
         let (config, layers) = match &planned.base {
             Base::Scratch => {
@@ -334,7 +366,16 @@ impl Builder<'_> {
         if !cc.env.iter().any(|e| e.starts_with("PATH=")) {
             cc.env.insert(0, format!("PATH={DEFAULT_PATH}"));
         }
-        self.apply_layers(&layers, rootfs.path())?;
+        let diff_ids = config.rootfs.diff_ids.clone();
+        if diff_ids.len() != layers.len() {
+            return Err(BuildError::Image(ImageError::Invalid(format!(
+                "{}: the image has {} layers but its config lists {} diffIDs",
+                planned.base_expanded,
+                layers.len(),
+                diff_ids.len()
+            ))));
+        }
+        let fs = self.fss.stage(&layers, &diff_ids)?;
         let env: Vec<(String, String)> = config
             .config
             .as_ref()
@@ -350,7 +391,7 @@ impl Builder<'_> {
             .unwrap_or_default();
         let scope = Scope::for_stage(&self.graph.global_scope).with_env(env);
         let mut state = StageState {
-            rootfs,
+            fs,
             config,
             layers,
             scope,
@@ -424,6 +465,7 @@ impl Builder<'_> {
         layer: Option<Descriptor>,
     ) {
         let seconds = started.elapsed().as_secs_f64();
+        let extra = std::mem::take(&mut self.step_extra);
         self.progress.event(&Event::StepDone {
             id,
             seconds,
@@ -437,6 +479,9 @@ impl Builder<'_> {
             seconds,
             layer_digest: layer.as_ref().map(|l| l.digest().to_string()),
             layer_size: layer.as_ref().map(|l| l.size()),
+            diff_id: extra.diff_id,
+            diff_seconds: extra.diff_seconds,
+            layer_seconds: extra.layer_seconds,
         });
     }
 
@@ -494,10 +539,7 @@ impl Builder<'_> {
     ) -> Result<Option<Descriptor>, BuildError> {
         let created_by = inst.original.trim().to_string();
         match &inst.command {
-            Command::Run(_) => Err(self.step_error(
-                inst,
-                "RUN arrives in a later version of kiln (this version has no RUN executor)",
-            )),
+            Command::Run(r) => self.run(state, inst, r),
             Command::Env { vars } => {
                 let mut assigned = Vec::new();
                 for kv in vars {
@@ -720,7 +762,10 @@ impl Builder<'_> {
         };
         let keyword = if flags.add { "ADD" } else { "COPY" };
         let shown = format!("{keyword} {} {dest}", show_sources(&sources, &contents));
-        self.copy_layer(state, inst, &req, shown)
+        let entries = copy::copy_entries(&req, state.fs.root())
+            .map_err(|e| self.step_error(inst, e.to_string()))?;
+        let desc = self.commit_layer(state, entries, format!("{shown} # buildkit"))?;
+        Ok(Some(desc))
     }
 
     fn expand_all(
@@ -779,43 +824,28 @@ impl Builder<'_> {
         };
         if let Some(i) = by_stage {
             return match self.stages.get(&i) {
-                Some(s) => Ok(s.rootfs.path().to_path_buf()),
+                Some(s) => Ok(s.fs.root().to_path_buf()),
                 None => Err(self.step_error(
                     inst,
                     format!("stage {from:?} must be built before it is copied from"),
                 )),
             };
         }
-        if let Some(dir) = self.images.get(from) {
-            return Ok(dir.path().to_path_buf());
+        if let Some(fs) = self.images.get(from) {
+            return Ok(fs.root().to_path_buf());
         }
         let img = self
             .resolve_image(from)
             .map_err(|m| self.step_error(inst, m))?;
-        let dir = self.tmpdir("from-")?;
-        self.apply_layers(img.layers(), dir.path())?;
-        let path = dir.path().to_path_buf();
-        self.images.insert(from.to_string(), dir);
+        let fs = self.fss.stage(img.layers(), &img.config.rootfs.diff_ids)?;
+        let path = fs.root().to_path_buf();
+        self.images.insert(from.to_string(), fs);
         Ok(path)
-    }
-
-    /// Computes the entries of a COPY/ADD, writes them as a layer and applies it.
-    fn copy_layer(
-        &self,
-        state: &mut StageState,
-        inst: &Instruction,
-        req: &CopyRequest<'_>,
-        created_by: String,
-    ) -> Result<Option<Descriptor>, BuildError> {
-        let entries = copy::copy_entries(req, state.rootfs.path())
-            .map_err(|e| self.step_error(inst, e.to_string()))?;
-        let desc = self.commit_layer(state, entries, format!("{created_by} # buildkit"))?;
-        Ok(Some(desc))
     }
 
     /// Writes `entries` as a layer blob, applies it to the stage and records it.
     fn commit_layer(
-        &self,
+        &mut self,
         state: &mut StageState,
         entries: Vec<LayerEntry>,
         created_by: String,
@@ -826,7 +856,9 @@ impl Builder<'_> {
             ..WriteOptions::default()
         };
         let (written, desc) = self.store.put_layer(entries, &opts)?;
-        self.apply_layers(std::slice::from_ref(&desc), state.rootfs.path())?;
+        self.fss
+            .push_layer(&mut state.fs, &desc, &written.diff_id)?;
+        self.step_extra.diff_id = Some(written.diff_id.to_string());
         state.layers.push(desc.clone());
         state.config.push_layer(
             written.diff_id,
@@ -841,12 +873,12 @@ impl Builder<'_> {
 
     /// WORKDIR creates its directory (owned by root, as BuildKit's mkdir) when it is missing.
     fn ensure_dir(
-        &self,
+        &mut self,
         state: &mut StageState,
         inst: &Instruction,
         dir: &str,
     ) -> Result<Option<Descriptor>, BuildError> {
-        let resolved = crate::layer::resolve_in_root(state.rootfs.path(), Path::new(dir), true)
+        let resolved = crate::layer::resolve_in_root(state.fs.root(), Path::new(dir), true)
             .map_err(|e| self.step_error(inst, e.to_string()))?;
         if resolved.is_dir() {
             return Ok(None);
@@ -876,7 +908,7 @@ impl Builder<'_> {
             checksum: None,
             now: self.now,
         };
-        let entries = copy::copy_entries(&req, state.rootfs.path())
+        let entries = copy::copy_entries(&req, state.fs.root())
             .map_err(|e| self.step_error(inst, e.to_string()))?;
         let desc = self.commit_layer(state, entries, format!("WORKDIR {dir}"))?;
         Ok(Some(desc))

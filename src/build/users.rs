@@ -47,6 +47,95 @@ pub fn resolve_chown(spec: &str, rootfs: &Path) -> Result<(u64, u64), UserError>
     Ok((uid, gid))
 }
 
+/// Who a RUN (or `kiln run`) runs as, from the image's `USER`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups: the `/etc/group` entries that list the user by name (only when
+    /// `USER` names no group, as runc does).
+    pub groups: Vec<u32>,
+    /// The user's home from `/etc/passwd`; `None` when the user has no entry.
+    pub home: Option<String>,
+}
+
+/// Resolves `USER` (`user`, `user:group`, `uid`, `uid:gid`; empty means root) the way runc
+/// does for docker: a name must be in `/etc/passwd`; a number not in it runs with gid 0; a group
+/// name must be in `/etc/group`.
+pub fn resolve_exec_user(spec: &str, rootfs: &Path) -> Result<ExecUser, UserError> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let user = if user.is_empty() { "0" } else { user };
+    let passwd = read_entries(rootfs, "/etc/passwd");
+    let groups = read_entries(rootfs, "/etc/group");
+    let num = |f: &Vec<String>, i: usize| f.get(i).and_then(|v| v.trim().parse::<u32>().ok());
+    let by_id = parse_id(user).map(|n| n as u32);
+    let entry = passwd.iter().find(|f| match by_id {
+        Some(n) => num(f, 2) == Some(n),
+        None => f.first().map(String::as_str) == Some(user),
+    });
+    let (uid, mut gid, name, home) = match (by_id, entry) {
+        (_, Some(f)) => (
+            num(f, 2).unwrap_or(0),
+            num(f, 3).unwrap_or(0),
+            f.first().cloned(),
+            f.get(5).cloned().filter(|h| !h.is_empty()),
+        ),
+        (Some(n), None) => (n, 0, None, None),
+        (None, None) => return Err(UserError::UnknownUser(user.to_string())),
+    };
+    let mut supplementary = Vec::new();
+    match group.filter(|g| !g.is_empty()) {
+        Some(g) => {
+            gid = match parse_id(g) {
+                Some(n) => n as u32,
+                None => groups
+                    .iter()
+                    .find(|f| f.first().map(String::as_str) == Some(g))
+                    .and_then(|f| num(f, 2))
+                    .ok_or_else(|| UserError::UnknownGroup(g.to_string()))?,
+            }
+        }
+        None => {
+            if let Some(name) = &name {
+                for f in &groups {
+                    let members = f.get(3).map(String::as_str).unwrap_or("");
+                    if members.split(',').any(|m| m.trim() == name)
+                        && let Some(g) = num(f, 2)
+                        && !supplementary.contains(&g)
+                    {
+                        supplementary.push(g);
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExecUser {
+        uid,
+        gid,
+        groups: supplementary,
+        home,
+    })
+}
+
+/// The colon-separated fields of each entry of an account file in `rootfs` (none if missing).
+fn read_entries(rootfs: &Path, file: &str) -> Vec<Vec<String>> {
+    let Ok(path) = resolve_in_root(rootfs, Path::new(file), true) else {
+        return Vec::new();
+    };
+    let Ok(text) = fs::read(path) else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.split(':').map(str::to_string).collect())
+        .collect()
+}
+
 fn parse_id(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -85,6 +174,37 @@ fn lookup(rootfs: &Path, file: &str, name: &str, a: usize, b: Option<usize>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_users() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("etc")).unwrap();
+        fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\napp:x:1001:\nwheel:x:10:root,app\naudio:x:29:app\n",
+        )
+        .unwrap();
+        let r = |s| resolve_exec_user(s, dir.path());
+        let app = r("app").unwrap();
+        assert_eq!(
+            (app.uid, app.gid, app.groups.clone()),
+            (1000, 1001, vec![10, 29])
+        );
+        assert_eq!(app.home.as_deref(), Some("/home/app"));
+        assert_eq!(r("1000").unwrap().groups, vec![10, 29]);
+        let n = r("4242").unwrap();
+        assert_eq!((n.uid, n.gid, n.home), (4242, 0, None));
+        assert_eq!(r("app:10").unwrap().groups, Vec::<u32>::new());
+        assert_eq!(r("app:audio").unwrap().gid, 29);
+        assert_eq!(r("").unwrap().home.as_deref(), Some("/root"));
+        assert!(r("nobody").is_err());
+        assert!(r("app:nogroup").is_err());
+    }
 
     #[test]
     fn names_and_numbers() {

@@ -224,16 +224,16 @@ struct Frame {
     lowers: Vec<PathBuf>,
 }
 
-struct Differ {
-    out: Vec<LayerEntry>,
+pub(super) struct Differ {
+    pub(super) out: Vec<LayerEntry>,
     /// Directories copied up without a change, emitted only as parents of other entries.
-    unchanged_dirs: HashMap<PathBuf, LayerEntry>,
+    pub(super) unchanged_dirs: HashMap<PathBuf, LayerEntry>,
     /// Files copied up without a change that have other links.
-    unchanged_links: Vec<LayerEntry>,
+    pub(super) unchanged_links: Vec<LayerEntry>,
 }
 
 impl Differ {
-    fn finish(mut self) -> Vec<LayerEntry> {
+    pub(super) fn finish(mut self) -> Vec<LayerEntry> {
         if !self.unchanged_links.is_empty() {
             let keys: HashSet<(u64, u64)> = self.out.iter().filter_map(|e| e.link_key).collect();
             for e in std::mem::take(&mut self.unchanged_links) {
@@ -266,7 +266,7 @@ impl Differ {
     }
 }
 
-fn normalize_all(paths: &[PathBuf]) -> Result<HashSet<PathBuf>, LayerError> {
+pub(super) fn normalize_all(paths: &[PathBuf]) -> Result<HashSet<PathBuf>, LayerError> {
     paths.iter().map(|p| normalize_layer_path(p)).collect()
 }
 
@@ -344,7 +344,7 @@ fn find_lower(
 }
 
 /// Whether the upper entry equals the lower one it shadows.
-fn same_entry(
+pub(super) fn same_entry(
     upper: &Path,
     umd: &fs::Metadata,
     uentry: &LayerEntry,

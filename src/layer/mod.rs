@@ -69,6 +69,7 @@ mod entry;
 mod overlay;
 mod snapshot;
 mod tarfmt;
+mod tree;
 mod write;
 
 use std::io;
@@ -87,6 +88,7 @@ pub use entry::{
 };
 pub use overlay::{OverlayXattrPrefix, WhiteoutMode};
 pub use snapshot::{Ensured, ScratchDir, SnapshotStore, remove_tree_in_place};
+pub use tree::{copy_tree, diff_trees};
 pub use write::{
     Compression, LayerWriter, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD,
     WriteOptions, WrittenLayer, compress_tar, write_layer,

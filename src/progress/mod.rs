@@ -25,6 +25,8 @@ pub enum Event {
     },
     /// A step failed.
     StepFailed { id: usize, error: String },
+    /// Something the user should know about the build as a whole (e.g. which snapshotter runs).
+    Notice { message: String },
     /// The build wrote an image.
     ImageWritten {
         manifest_digest: String,
@@ -74,6 +76,7 @@ impl<W: Write> Progress for Plain<W> {
                 }
             }
             Event::StepFailed { id, error } => writeln!(self.out, "#{id} ERROR: {error}"),
+            Event::Notice { message } => writeln!(self.out, "#0 {message}"),
             Event::ImageWritten {
                 manifest_digest,
                 config_digest,

@@ -1,0 +1,95 @@
+//! `kiln run`: an image's entrypoint and command (or the command given) in the same sandbox a
+//! RUN step uses, on the image's snapshots, so a user without a daemon can try what they built.
+//! The run's writes land in a throwaway upper directory: nothing is kept (as `docker run --rm`).
+
+use crate::exec::{ExitStatus, Network, RunSpec, sandbox};
+use crate::image::Store;
+
+use super::BuildError;
+use super::copy::resolve_exec_user;
+use super::stagefs::{self, Filesystems};
+
+/// What `kiln run` runs.
+#[derive(Debug, Clone)]
+pub struct RunImageOptions {
+    /// The image: a name or a digest in the store.
+    pub image: String,
+    /// Replaces the image's CMD when not empty (the ENTRYPOINT stays), as `docker run`.
+    pub command: Vec<String>,
+    pub network: Network,
+    /// A single-id user namespace: only root can run.
+    pub single_id: bool,
+}
+
+fn err(message: impl Into<String>) -> BuildError {
+    BuildError::Run(message.into())
+}
+
+/// Runs the command to its end with stdout and stderr passed through; returns how it ended.
+pub fn run_image(store: &Store, opts: &RunImageOptions) -> Result<ExitStatus, BuildError> {
+    let img = store.resolve(&opts.image)?;
+    let probe = tempfile::Builder::new()
+        .prefix("probe-")
+        .tempdir_in(store.tmp_dir())
+        .map_err(|e| err(format!("creating a temporary directory: {e}")))?;
+    let snapshotter = stagefs::choose(probe.path());
+    drop(probe);
+    let fss = Filesystems::new(store, snapshotter, opts.single_id)?;
+    let fs = fss.stage(img.layers(), &img.config.rootfs.diff_ids)?;
+
+    let cc = img.config.config.clone().unwrap_or_default();
+    let mut args = cc.entrypoint.clone();
+    if opts.command.is_empty() {
+        args.extend(cc.cmd.iter().cloned());
+    } else {
+        args.extend(opts.command.iter().cloned());
+    }
+    if args.is_empty() {
+        return Err(err(format!(
+            "{}: the image has no ENTRYPOINT or CMD; give a command: kiln run {} COMMAND…",
+            opts.image, opts.image
+        )));
+    }
+    let user = resolve_exec_user(&cc.user, fs.root()).map_err(|e| err(e.to_string()))?;
+    if opts.single_id && (user.uid != 0 || user.gid != 0) {
+        return Err(err(format!(
+            "USER {} (uid {}) cannot run in a single-id user namespace (only root is mapped): \
+             give your user subordinate ids in /etc/subuid and /etc/subgid",
+            cc.user, user.uid
+        )));
+    }
+    let mut env = cc.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, format!("PATH={}", super::DEFAULT_PATH));
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        let home = user.home.clone().unwrap_or_else(|| {
+            if user.uid == 0 {
+                "/root".into()
+            } else {
+                "/".into()
+            }
+        });
+        env.push(format!("HOME={home}"));
+    }
+
+    let root = fss.run_root(&fs)?;
+    let mut spec = RunSpec::new(root.rootfs.clone(), args);
+    spec.env = env;
+    spec.cwd = if cc.working_dir.is_empty() {
+        "/".into()
+    } else {
+        cc.working_dir.clone()
+    };
+    spec.uid = user.uid;
+    spec.gid = user.gid;
+    if !opts.single_id {
+        spec.groups = user.groups;
+    }
+    spec.network = opts.network;
+    let report = sandbox::run(&spec, std::io::stdout(), std::io::stderr())
+        .map_err(|e| err(e.to_string()))?;
+    // The upper directory goes with `root`: nothing the command wrote is kept.
+    drop(root);
+    Ok(report.status)
+}

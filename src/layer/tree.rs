@@ -1,0 +1,520 @@
+//! Copy-based snapshots: the fallback for when overlayfs cannot be used.
+//!
+//! Without overlay, a stage's file system is one plain directory. Before a RUN step it is copied
+//! whole with [`copy_tree`] (reflinks where the file system shares extents, so the copy costs
+//! metadata only), the step runs in the copy, and [`diff_trees`] compares the two directories
+//! to find the layer. Unlike [`diff_upperdir`](super::diff_upperdir), which reads only what
+//! overlay copied up, this walks both trees: its cost grows with the size of the image.
+//!
+//! The two functions are made for each other: `diff_trees(a, b)` right after `copy_tree(a, b)`
+//! is empty, because the copy keeps everything the comparison looks at (type, mode, owner,
+//! mtime to the nanosecond, extended attributes, content, hard links).
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, Timespec, Timestamps, Uid, XattrFlags};
+use rustix::io::Errno;
+
+use super::LayerError;
+use super::diff::{DiffOptions, Differ, normalize_all, same_entry};
+use super::entry::{LayerEntry, ScanOptions, entry_from_metadata};
+use super::overlay;
+
+/// Copies the directory tree `src` into `dst`, an existing empty directory (on the same file
+/// system as `src` for reflinks to apply), so that `dst` is indistinguishable from `src` for
+/// [`diff_trees`].
+///
+/// Kept: file types (regular files, directories, symlinks, character and block devices
+/// including overlay's 0:0 whiteout device, fifos; sockets are skipped as a layer cannot carry
+/// them), permission bits with setuid/setgid/sticky, numeric owners, access and modification
+/// times to the nanosecond (a directory's after its contents are written), all extended
+/// attributes, and hard links between files of the tree (one inode in `dst` for each in `src`).
+/// `src`'s own metadata is applied to `dst`.
+///
+/// Regular files are cloned with `FICLONE` where the file system supports it (btrfs, XFS), else
+/// copied with `copy_file_range` (through [`std::io::copy`]).
+///
+/// Best effort, as when applying a layer without privileges: an owner that cannot be set (EPERM,
+/// or EINVAL for an id outside a single-id user namespace's map) is left as the copy got it, and
+/// an extended attribute that cannot be set (EPERM for `trusted.*` without `CAP_SYS_ADMIN` or
+/// `user.*` on a symlink; ENOTSUP) is left out. Everything else is an error naming the path; on
+/// error `dst` is left partly copied.
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), LayerError> {
+    let src_md = lstat(src)?;
+    if !src_md.is_dir() {
+        return Err(LayerError::invalid(src, "not a directory"));
+    }
+    if !lstat(dst)?.is_dir() {
+        return Err(LayerError::invalid(dst, "not a directory"));
+    }
+    let mut rd = fs::read_dir(dst).map_err(|e| LayerError::entry(dst, "reading directory", e))?;
+    if rd.next().is_some() {
+        return Err(LayerError::invalid(dst, "the copy's target is not empty"));
+    }
+    // A target inside the source would be copied into itself, forever.
+    let canon = |p: &Path| fs::canonicalize(p).map_err(|e| LayerError::entry(p, "resolving", e));
+    if canon(dst)?.starts_with(canon(src)?) {
+        return Err(LayerError::invalid(
+            dst,
+            "the copy's target is inside its source",
+        ));
+    }
+
+    let mut c = Copier {
+        first_link: HashMap::new(),
+        dirs: vec![(src.to_path_buf(), dst.to_path_buf(), src_md)],
+        reflink: true,
+    };
+    let mut stack = vec![(src.to_path_buf(), dst.to_path_buf())];
+    while let Some((sdir, ddir)) = stack.pop() {
+        for de in
+            fs::read_dir(&sdir).map_err(|e| LayerError::entry(&sdir, "reading directory", e))?
+        {
+            let de = de.map_err(|e| LayerError::entry(&sdir, "reading directory", e))?;
+            let s = de.path();
+            let d = ddir.join(de.file_name());
+            let md = lstat(&s)?;
+            let ft = md.file_type();
+            if ft.is_socket() {
+                continue;
+            }
+            if ft.is_dir() {
+                // Owner-writable until its contents are in, whatever its final mode.
+                DirBuilder::new()
+                    .mode(0o700)
+                    .create(&d)
+                    .map_err(|e| LayerError::entry(&d, "creating directory", e))?;
+                stack.push((s.clone(), d.clone()));
+                c.dirs.push((s, d, md));
+                continue;
+            }
+            if md.nlink() > 1 {
+                match c.first_link.entry((md.dev(), md.ino())) {
+                    Entry::Occupied(first) => {
+                        fs::hard_link(first.get(), &d)
+                            .map_err(|e| LayerError::entry(&d, "creating hard link", e))?;
+                        continue;
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(d.clone());
+                    }
+                }
+            }
+            c.copy_non_dir(&s, &d, &md)?;
+        }
+    }
+    // Only now that every entry is written: creating one changes its directory's mtime, and a
+    // read-only mode would refuse it.
+    for (s, d, md) in &c.dirs {
+        copy_metadata(s, d, md)?;
+    }
+    Ok(())
+}
+
+struct Copier {
+    /// The first copy of each source inode with several links, by (device, inode).
+    first_link: HashMap<(u64, u64), PathBuf>,
+    /// Directories (source, copy, source metadata) whose metadata is set at the end.
+    dirs: Vec<(PathBuf, PathBuf, fs::Metadata)>,
+    /// Cleared once `FICLONE` reports the file system cannot share extents, so the remaining
+    /// files go straight to `copy_file_range`.
+    reflink: bool,
+}
+
+impl Copier {
+    fn copy_non_dir(&mut self, s: &Path, d: &Path, md: &fs::Metadata) -> Result<(), LayerError> {
+        let ft = md.file_type();
+        if ft.is_file() {
+            self.copy_file(s, d)?;
+        } else if ft.is_symlink() {
+            let target =
+                fs::read_link(s).map_err(|e| LayerError::entry(s, "reading symlink", e))?;
+            std::os::unix::fs::symlink(target, d)
+                .map_err(|e| LayerError::entry(d, "creating symlink", e))?;
+        } else {
+            let kind = if ft.is_fifo() {
+                FileType::Fifo
+            } else if ft.is_char_device() {
+                FileType::CharacterDevice
+            } else if ft.is_block_device() {
+                FileType::BlockDevice
+            } else {
+                return Err(LayerError::invalid(s, "unsupported file type"));
+            };
+            // Not best effort: a device missing from the copy would read as deleted to
+            // `diff_trees`, and become a whiteout in the step's layer.
+            rustix::fs::mknodat(CWD, d, kind, Mode::from_raw_mode(0o600), md.rdev())
+                .map_err(|e| LayerError::entry(d, "creating special file", e.into()))?;
+        }
+        copy_metadata(s, d, md)
+    }
+
+    fn copy_file(&mut self, s: &Path, d: &Path) -> Result<(), LayerError> {
+        let mut from = File::open(s).map_err(|e| LayerError::entry(s, "opening", e))?;
+        let mut to = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(d)
+            .map_err(|e| LayerError::entry(d, "creating", e))?;
+        if self.reflink {
+            match rustix::fs::ioctl_ficlone(&to, &from) {
+                Ok(()) => return Ok(()),
+                // The file system (or the pair of them) cannot share extents at all.
+                Err(Errno::OPNOTSUPP | Errno::XDEV | Errno::NOTTY) => self.reflink = false,
+                // This file only (btrfs refuses some, e.g. nodatacow against datacow): copy it,
+                // over whatever a failed clone may have left.
+                Err(_) => to
+                    .set_len(0)
+                    .map_err(|e| LayerError::entry(d, "truncating", e))?,
+            }
+        }
+        io::copy(&mut from, &mut to).map_err(|e| LayerError::entry(d, "copying", e))?;
+        Ok(())
+    }
+}
+
+/// Sets `d`'s owner, mode, extended attributes and times to those of `s` (`md`), in the order
+/// that keeps them all: a chown clears setuid/setgid and file capabilities, so it comes first;
+/// the times come last as nothing after them may touch the file.
+fn copy_metadata(s: &Path, d: &Path, md: &fs::Metadata) -> Result<(), LayerError> {
+    let is_symlink = md.file_type().is_symlink();
+    match rustix::fs::chownat(
+        CWD,
+        d,
+        Some(Uid::from_raw(md.uid())),
+        Some(Gid::from_raw(md.gid())),
+        AtFlags::SYMLINK_NOFOLLOW,
+    ) {
+        // EINVAL: the id has no mapping in this user namespace (a single-id map).
+        Ok(()) | Err(Errno::PERM | Errno::INVAL) => {}
+        Err(e) => return Err(LayerError::entry(d, "setting owner", e.into())),
+    }
+    // A symlink's own mode cannot be changed (and is never looked at).
+    if !is_symlink {
+        rustix::fs::chmodat(
+            CWD,
+            d,
+            Mode::from_raw_mode(md.mode() & 0o7777),
+            AtFlags::empty(),
+        )
+        .map_err(|e| LayerError::entry(d, "setting permissions", e.into()))?;
+    }
+    copy_xattrs(s, d)?;
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: md.atime(),
+            tv_nsec: md.atime_nsec(),
+        },
+        last_modification: Timespec {
+            tv_sec: md.mtime(),
+            tv_nsec: md.mtime_nsec(),
+        },
+    };
+    rustix::fs::utimensat(CWD, d, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| LayerError::entry(d, "setting times", e.into()))?;
+    Ok(())
+}
+
+/// Copies every extended attribute of `s` to `d` (neither followed if a symlink), including
+/// overlayfs's own and names that are not UTF-8: the copy is of a directory, not of a layer.
+fn copy_xattrs(s: &Path, d: &Path) -> Result<(), LayerError> {
+    let names =
+        overlay::list_xattrs(s).map_err(|e| LayerError::entry(s, "listing attributes", e))?;
+    for name in names {
+        let name = OsStr::from_bytes(&name);
+        let Some(value) =
+            get_xattr(s, name).map_err(|e| LayerError::entry(s, "reading attributes", e))?
+        else {
+            continue;
+        };
+        match rustix::fs::lsetxattr(d, name, &value, XattrFlags::empty()) {
+            Ok(()) | Err(Errno::PERM | Errno::NOTSUP) => {}
+            Err(e) => return Err(LayerError::entry(d, "setting attributes", e.into())),
+        }
+    }
+    Ok(())
+}
+
+/// One extended attribute by raw name (`overlay::get_xattr` takes UTF-8 names only); `None`
+/// when it disappeared since it was listed.
+fn get_xattr(path: &Path, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(Errno::NODATA) => return Ok(None),
+            Err(Errno::RANGE) => {
+                let n = rustix::fs::lgetxattr_query(path, name)?;
+                buf = vec![0u8; n.max(buf.len() * 2)];
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// How many equal-looking entries are compared at once (in parallel, as comparing may read
+/// whole files): enough to keep every core busy, few enough to bound the memory held.
+const BATCH: usize = 512;
+
+/// The layer that turns the directory tree `old` into `new`: the entries of `new` that differ
+/// from `old` or are not in it, and whiteouts for what `old` has and `new` does not, in layer
+/// order, ready for [`write_layer`](super::write_layer) — the same entries, with the same
+/// metadata, that [`diff_upperdir`](super::diff_upperdir) reads from an overlay upper directory
+/// for the same change.
+///
+/// - An entry is unchanged when it passes `diff_upperdir`'s check for an unchanged copy-up: same
+///   type, mode, owner, mtime to the nanosecond, extended attributes (other than overlayfs's
+///   own), and symlink target, device number or file content. File contents are read only for
+///   files whose metadata and size are all equal.
+/// - A deleted entry becomes [`LayerEntry::whiteout`]; a deleted directory is one whiteout.
+/// - An entry whose type changed is emitted as the new entry (applying it replaces the old
+///   one); a directory that replaced a non-directory is emitted with everything below it. A
+///   directory that was deleted and made again is compared like any other: whiteouts for the
+///   old children that are gone, entries for what is new or changed.
+/// - The directories on the way to an emitted entry are emitted too; non-directories with more
+///   than one link carry a [`LayerEntry::link_key`], and an unchanged file is emitted after all
+///   when a hard link of it is, or when the files it is hard-linked with are not the same as in
+///   `old` (`ln -f a b` where `b` was an equal copy of `a`).
+/// - `opts.skip` and `opts.skip_contents` are honoured as by `diff_upperdir`, on both trees.
+/// - Sockets (in either tree) are ignored; the roots' own metadata is not part of the layer.
+///
+/// Regular files are [`FileSource::Disk`](super::FileSource::Disk) entries read from `new` when
+/// the layer is written. Errors name the path on disk.
+pub fn diff_trees(
+    old: &Path,
+    new: &Path,
+    opts: &DiffOptions,
+) -> Result<Vec<LayerEntry>, LayerError> {
+    let skip = normalize_all(&opts.skip)?;
+    let skip_contents = normalize_all(&opts.skip_contents)?;
+    for root in [old, new] {
+        if !lstat(root)?.is_dir() {
+            return Err(LayerError::invalid(root, "not a directory"));
+        }
+    }
+
+    let mut t = TreeDiff {
+        d: Differ {
+            out: Vec::new(),
+            unchanged_dirs: HashMap::new(),
+            unchanged_links: Vec::new(),
+        },
+        pending: Vec::new(),
+        old_of_new: HashMap::new(),
+        new_of_old: HashMap::new(),
+    };
+    let mut stack = vec![Frame {
+        new: new.to_path_buf(),
+        old: Some(old.to_path_buf()),
+        layer: PathBuf::new(),
+    }];
+    while let Some(frame) = stack.pop() {
+        let mut old_names: HashMap<OsString, PathBuf> = HashMap::new();
+        if let Some(old_dir) = &frame.old {
+            for de in fs::read_dir(old_dir)
+                .map_err(|e| LayerError::entry(old_dir, "reading directory", e))?
+            {
+                let de = de.map_err(|e| LayerError::entry(old_dir, "reading directory", e))?;
+                old_names.insert(de.file_name(), de.path());
+            }
+        }
+
+        for de in fs::read_dir(&frame.new)
+            .map_err(|e| LayerError::entry(&frame.new, "reading directory", e))?
+        {
+            let de = de.map_err(|e| LayerError::entry(&frame.new, "reading directory", e))?;
+            let name = de.file_name();
+            let old_path = old_names.remove(&name);
+            let layer = frame.layer.join(&name);
+            if skip.contains(&layer) {
+                continue;
+            }
+            let disk = de.path();
+            let md = lstat(&disk)?;
+            if md.file_type().is_socket() {
+                continue;
+            }
+            let old = match old_path {
+                Some(p) => {
+                    let omd = lstat(&p)?;
+                    (!omd.file_type().is_socket()).then_some((p, omd))
+                }
+                None => None,
+            };
+
+            let mut entry =
+                entry_from_metadata(layer.clone(), &disk, &md, &ScanOptions::default())?;
+            entry.xattrs = overlay::read_xattrs(&disk)
+                .map_err(|e| LayerError::entry(&disk, "reading extended attributes", e))?;
+
+            if md.is_dir() {
+                let child_old = match old {
+                    Some((opath, omd)) if omd.is_dir() => {
+                        if same_entry(&disk, &md, &entry, &opath, &omd)? {
+                            t.d.unchanged_dirs.insert(layer.clone(), entry);
+                        } else {
+                            t.d.out.push(entry);
+                        }
+                        Some(opath)
+                    }
+                    // New, or in the place of a non-directory: emitted with all it holds.
+                    _ => {
+                        t.d.out.push(entry);
+                        None
+                    }
+                };
+                if !skip_contents.contains(&layer) {
+                    stack.push(Frame {
+                        new: disk,
+                        old: child_old,
+                        layer,
+                    });
+                }
+                continue;
+            }
+
+            match old {
+                Some((opath, omd)) if !omd.is_dir() => {
+                    t.pending.push(Pending {
+                        entry,
+                        disk,
+                        md,
+                        old: opath,
+                        old_md: omd,
+                    });
+                    if t.pending.len() >= BATCH {
+                        t.compare_pending()?;
+                    }
+                }
+                _ => t.d.out.push(entry),
+            }
+        }
+
+        // What is left of the old directory is gone from the new one. A whiteout for a
+        // directory deletes all of it: nothing below it is looked at.
+        for (name, opath) in old_names {
+            let layer = frame.layer.join(&name);
+            if skip.contains(&layer) || lstat(&opath)?.file_type().is_socket() {
+                continue;
+            }
+            t.d.out.push(LayerEntry::whiteout(&layer));
+        }
+    }
+    t.compare_pending()?;
+    Ok(t.finish())
+}
+
+struct Frame {
+    /// The directory in the new tree.
+    new: PathBuf,
+    /// The directory at the same place in the old tree, if there is one.
+    old: Option<PathBuf>,
+    /// Their layer path.
+    layer: PathBuf,
+}
+
+/// A non-directory present in both trees, waiting to be compared.
+struct Pending {
+    entry: LayerEntry,
+    disk: PathBuf,
+    md: fs::Metadata,
+    old: PathBuf,
+    old_md: fs::Metadata,
+}
+
+struct TreeDiff {
+    d: Differ,
+    pending: Vec<Pending>,
+    /// For unchanged files with several links (in either tree): the old inode of each new one
+    /// seen, and the reverse, by (device, inode).
+    old_of_new: HashMap<(u64, u64), (u64, u64)>,
+    new_of_old: HashMap<(u64, u64), (u64, u64)>,
+}
+
+impl TreeDiff {
+    fn compare_pending(&mut self) -> Result<(), LayerError> {
+        let same: Vec<bool> = self
+            .pending
+            .par_iter()
+            .map(|p| same_entry(&p.disk, &p.md, &p.entry, &p.old, &p.old_md))
+            .collect::<Result<_, _>>()?;
+        for (p, same) in std::mem::take(&mut self.pending).into_iter().zip(same) {
+            if !same {
+                self.d.out.push(p.entry);
+            } else if self.links_changed(&p) {
+                // Emitted so that the layer makes the new link structure: with a link key the
+                // writer turns its partners (pulled in by `finish`) into hard links of it, and
+                // without one applying it replaces the old path's shared inode with its own.
+                self.d.out.push(p.entry);
+            } else if p.entry.link_key.is_some() {
+                self.d.unchanged_links.push(p.entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an unchanged file's links differ between the trees: the paths sharing its inode
+    /// in `new` must be exactly those sharing the matching inode in `old`, which holds when the
+    /// old and new inodes of all such paths correspond one to one.
+    fn links_changed(&mut self, p: &Pending) -> bool {
+        if p.md.nlink() == 1 && p.old_md.nlink() == 1 {
+            return false;
+        }
+        let new_ino = (p.md.dev(), p.md.ino());
+        let old_ino = (p.old_md.dev(), p.old_md.ino());
+        let a = *self.old_of_new.entry(new_ino).or_insert(old_ino) != old_ino;
+        let b = *self.new_of_old.entry(old_ino).or_insert(new_ino) != new_ino;
+        a || b
+    }
+
+    fn finish(self) -> Vec<LayerEntry> {
+        self.d.finish()
+    }
+}
+
+fn lstat(path: &Path) -> Result<fs::Metadata, LayerError> {
+    fs::symlink_metadata(path).map_err(|e| LayerError::entry(path, "reading metadata", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_a_target_inside_the_source_or_not_empty() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("inner")).unwrap();
+        let err = copy_tree(&src, &src.join("inner")).unwrap_err();
+        assert!(err.to_string().contains("inside its source"), "{err}");
+        let dst = t.path().join("dst");
+        fs::create_dir_all(dst.join("x")).unwrap();
+        let err = copy_tree(&src, &dst).unwrap_err();
+        assert!(err.to_string().contains("not empty"), "{err}");
+    }
+
+    #[test]
+    fn a_copy_diffs_empty() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        fs::create_dir_all(a.join("d/e")).unwrap();
+        fs::write(a.join("d/f"), "f").unwrap();
+        fs::hard_link(a.join("d/f"), a.join("g")).unwrap();
+        std::os::unix::fs::symlink("d/f", a.join("l")).unwrap();
+        fs::create_dir(&b).unwrap();
+        copy_tree(&a, &b).unwrap();
+        assert_eq!(diff_trees(&a, &b, &DiffOptions::default()).unwrap(), []);
+    }
+}
