@@ -100,8 +100,19 @@ impl SnapshotStore {
     /// The overlay `lowerdir` list for an image whose layers are `diff_ids` in image order (base
     /// first, as in the config's `rootfs.diff_ids`): their snapshot paths, **top first**. The
     /// snapshots are not checked; [`ensure`](Self::ensure) them first.
+    ///
+    /// A layer that occurs more than once (the same COPY twice) is listed once, at its topmost
+    /// place: overlayfs refuses a directory twice in one stack (ELOOP), and the lower copy
+    /// changes nothing — every path the layer has, including its whiteouts and opaque
+    /// directories, is decided by the upper copy, and every path it lacks by the layers between.
     pub fn lowerdirs(&self, diff_ids: &[DiffId]) -> Vec<PathBuf> {
-        diff_ids.iter().rev().map(|d| self.path(d)).collect()
+        let mut seen = std::collections::HashSet::new();
+        diff_ids
+            .iter()
+            .rev()
+            .filter(|d| seen.insert(**d))
+            .map(|d| self.path(d))
+            .collect()
     }
 
     /// The snapshot of `diff_id`, unpacking the layer from `open()` (gzip, zstd or plain tar) if
