@@ -258,12 +258,18 @@ fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .flat_map(|img| img.config.rootfs.diff_ids.clone())
                 .collect();
-            let snapshots = kiln::layer::SnapshotStore::new(&root)?.prune(&keep)?;
+            let snapshots = kiln::layer::SnapshotStore::new(&root)?;
+            let (removed, scratch) = store.while_exclusive(|| {
+                Ok::<_, kiln::layer::LayerError>((
+                    snapshots.prune(&keep)?.len(),
+                    snapshots.prune_scratch()?,
+                ))
+            })??;
             println!(
                 "removed {} blobs, {} snapshots and {} leftover temp files/dirs, {} bytes freed",
                 r.blobs_removed,
-                snapshots.len(),
-                r.temp_files_removed,
+                removed,
+                r.temp_files_removed + scratch as u64,
                 r.bytes_freed
             );
             Ok(())

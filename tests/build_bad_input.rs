@@ -347,21 +347,82 @@ fn chown_to_an_unknown_user_names_the_line() {
 }
 
 #[test]
-fn run_is_refused_with_the_later_version_message() {
-    let Some(a) = Arena::new("run_is_refused_with_the_later_version_message") else {
+fn a_failing_run_names_the_line_and_fails_cleanly() {
+    let Some(a) = Arena::new("a_failing_run_names_the_line_and_fails_cleanly") else {
         return;
     };
     let before = a.snapshot();
     let b = try_build(
         &a.store(),
         &a.ctx(),
-        "FROM busybox\nCOPY ok.txt /ok\nRUN echo hello > /hello\nCOPY f /f\n",
+        "FROM busybox\nCOPY ok.txt /ok\nRUN echo hello > /hello && exit 3\nCOPY f /f\n",
+        &["-t", "app:after"],
+    );
+    a.assert_failed(&b, &before, 3, "RUN echo hello > /hello && exit 3");
+    let err = String::from_utf8_lossy(&b.output.stderr);
+    assert!(err.contains("exit code: 3"), "{err}");
+}
+
+#[test]
+fn a_run_bind_mount_from_outside_the_context_is_refused() {
+    let Some(a) = Arena::new("a_run_bind_mount_from_outside_the_context_is_refused") else {
+        return;
+    };
+    // `../x` exists on the host (beside the context) and holds the secret.
+    assert!(a.ctx().join("../x").is_file());
+    let before = a.snapshot();
+    let b = try_build(
+        &a.store(),
+        &a.ctx(),
+        "FROM busybox\nCOPY ok.txt /ok\nRUN --mount=type=bind,source=../x,target=/x cat /x > /leak\n",
         &[],
     );
-    a.assert_failed(&b, &before, 3, "RUN echo hello > /hello");
-    let err = String::from_utf8_lossy(&b.output.stderr);
-    let line = err.lines().find(|l| l.starts_with("error:")).unwrap();
-    assert!(line.contains("RUN arrives in a later version"), "{err}");
+    a.assert_failed(
+        &b,
+        &before,
+        3,
+        "RUN --mount=type=bind,source=../x,target=/x cat /x > /leak",
+    );
+    a.assert_no_leak(&[]);
+
+    // Through a symlink in the context: refused, or resolved inside the context.
+    std::os::unix::fs::symlink("../outside", a.ctx().join("out-link")).unwrap();
+    let before = a.snapshot();
+    let inst = "RUN --mount=type=bind,source=out-link,target=/x cat /x/secret > /leak";
+    let b = try_build(
+        &a.store(),
+        &a.ctx(),
+        &format!("FROM busybox\nCOPY ok.txt /ok\n{inst}\n"),
+        &[],
+    );
+    if b.output.status.success() {
+        let leak = std::fs::read(b.path("leak")).unwrap_or_default();
+        assert!(
+            !contains(&leak, a.marker.as_bytes()),
+            "the RUN read the host secret through a bind mount"
+        );
+        assert_eq!(a.snapshot(), before, "the build wrote outside the store");
+    } else {
+        a.assert_failed(&b, &before, 3, inst);
+    }
+    a.assert_no_leak(&[]);
+}
+
+#[test]
+fn a_bad_run_network_names_the_line() {
+    let Some(a) = Arena::new("a_bad_run_network_names_the_line") else {
+        return;
+    };
+    let before = a.snapshot();
+    let b = try_build(
+        &a.store(),
+        &a.ctx(),
+        "FROM busybox\nCOPY ok.txt /ok\nRUN --network=bogus true\n",
+        &[],
+    );
+    // A parse error: file:line and the bad value (the instruction text is not required).
+    a.assert_failed(&b, &before, 3, "bogus");
+    assert!(String::from_utf8_lossy(&b.output.stderr).contains("network"));
 }
 
 #[test]
@@ -524,10 +585,22 @@ fn add_hostile(a: &Arena, tag: &str, tar: Vec<u8>, must_not_exist: &[PathBuf]) {
             p.display()
         );
     }
-    let stray = names_containing(a.path(), tag);
+    // Snapshots in the store are unpacked images: there the archive's entries belong under
+    // `snapshots/<id>/dest/`, like in the image. Nowhere else.
+    let stray: Vec<String> = names_containing(a.path(), tag)
+        .into_iter()
+        .filter(|p| {
+            let mut parts = p.splitn(4, '/');
+            let in_snapshot_dest = parts.next() == Some("store")
+                && parts.next() == Some("snapshots")
+                && parts.next().is_some()
+                && parts.next().is_some_and(|rest| rest.starts_with("dest/"));
+            !in_snapshot_dest
+        })
+        .collect();
     assert!(
         stray.is_empty(),
-        "{tag}: written beside the store: {stray:?}"
+        "{tag}: written beside the store or outside a snapshot's /dest: {stray:?}"
     );
     let host_passwd = passwd.as_deref().filter(|p| p.len() > 16);
     a.assert_no_leak(host_passwd.as_slice());
@@ -813,4 +886,143 @@ fn a_killed_build_leaves_a_readable_store_and_prune_cleans_up() {
             String::from_utf8_lossy(&st.stderr)
         );
     }
+}
+
+/// Processes (other than this one) whose command line contains `needle`.
+fn procs_with(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            out.push(format!("{name}: {cmd}"));
+        }
+    }
+    out
+}
+
+/// Lines of this process's mountinfo that mention kiln.
+fn kiln_mounts() -> std::collections::BTreeSet<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("kiln"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
+    const T: &str = "a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process";
+    let Some(a) = Arena::new(T) else {
+        return;
+    };
+    let marker = unique("long-run");
+    let sleep = format!("sleep {}", 3000 + std::process::id() % 7919);
+    let dir = a.path().join("long");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM busybox\nRUN echo first > /first\nRUN {sleep}; : {marker}\n"),
+    )
+    .unwrap();
+    let mounts_before = kiln_mounts();
+    let before = a.snapshot();
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+        .arg("--root")
+        .arg(a.store())
+        .args(["build", "-t", "long:1", "--progress=plain"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the RUN is running, then SIGKILL kiln.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while procs_with(&marker).is_empty() {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("the build ended ({st}) before its RUN was seen running:\n{err}");
+        }
+        assert!(Instant::now() < deadline, "the RUN never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let killed_at = Instant::now();
+
+    // The RUN and its children die with kiln.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let left = loop {
+        let left: Vec<_> = procs_with(&marker)
+            .into_iter()
+            .chain(procs_with(&sleep))
+            .collect();
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(left.is_empty(), "processes left after SIGKILL: {left:?}");
+    let new_mounts: Vec<_> = kiln_mounts().difference(&mounts_before).cloned().collect();
+    assert!(new_mounts.is_empty(), "mounts left: {new_mounts:?}");
+    a.assert_store_ok();
+    assert_eq!(
+        a.snapshot(),
+        before,
+        "the killed build wrote outside the store"
+    );
+    let out = common::kiln()
+        .arg("--root")
+        .arg(a.store())
+        .args(["inspect", "long:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a killed build left a tag");
+    // The store still builds, RUN included.
+    let b = build(
+        &a.store(),
+        &a.ctx(),
+        "FROM busybox\nRUN echo later > /later\n",
+        &["-t", "app:later"],
+    );
+    assert_eq!(b.read("later"), "later\n");
+
+    // Prune removes what the killed build left in kiln/tmp (overlay upper and work
+    // directories included) once its grace period is over.
+    let tmp = a.store().join("kiln/tmp");
+    let grace = Duration::from_secs(6);
+    if let Some(rest) = grace.checked_sub(killed_at.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    let out = common::kiln()
+        .arg("--root")
+        .arg(a.store())
+        .arg("prune")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "kiln prune left temporary files of the killed build in {}: {left:?}",
+        tmp.display()
+    );
+    a.assert_store_ok();
 }

@@ -841,6 +841,14 @@ impl Store {
     /// [`prune`](Self::prune), also keeping `roots` and what they reference (for blobs that
     /// other parts of kiln, such as the build cache, refer to without a tag).
     pub fn prune_keeping(&self, roots: &[Digest]) -> Result<PruneReport, ImageError> {
+        self.while_exclusive(|| self.prune_locked(roots))?
+    }
+
+    /// Runs `f` while this process is the only one with the store open (the garbage-collection
+    /// lock held exclusively), for clean-ups that must not race a build: pruning, and removing
+    /// what killed builds left in the store's side directories. Fails with
+    /// [`ImageError::StoreBusy`] while another process has the store open.
+    pub fn while_exclusive<T>(&self, f: impl FnOnce() -> T) -> Result<T, ImageError> {
         let gc_path = self.root.join("kiln").join("gc.lock");
         match self.gc_lock.try_lock() {
             Ok(()) => {}
@@ -855,14 +863,11 @@ impl Store {
             }
             Err(TryLockError::Error(e)) => return Err(ImageError::io("locking", &gc_path, e)),
         }
-        let result = self.prune_locked(roots);
-        let relock = self
-            .gc_lock
+        let result = f();
+        self.gc_lock
             .lock_shared()
-            .map_err(|e| ImageError::io("locking", &gc_path, e));
-        let report = result?;
-        relock?;
-        Ok(report)
+            .map_err(|e| ImageError::io("locking", &gc_path, e))?;
+        Ok(result)
     }
 
     fn prune_locked(&self, roots: &[Digest]) -> Result<PruneReport, ImageError> {

@@ -281,6 +281,24 @@ impl SnapshotStore {
         Ok(out)
     }
 
+    /// Removes the scratch directories ([`scratch`](Self::scratch)) of steps that were killed.
+    /// Only call it when no other process uses the store (it cannot tell a running step's
+    /// scratch from a dead one's): under `image::Store::while_exclusive`. Returns how many.
+    pub fn prune_scratch(&self) -> Result<usize, LayerError> {
+        let rd = fs::read_dir(&self.root)
+            .map_err(|e| LayerError::entry(&self.root, "reading the snapshot directory", e))?;
+        let mut removed = 0;
+        for de in rd {
+            let de =
+                de.map_err(|e| LayerError::entry(&self.root, "reading the snapshot directory", e))?;
+            if de.file_name().to_string_lossy().starts_with(".scratch-") {
+                remove_tree_in_place(&de.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes every snapshot not in `keep`, the leftovers of removals, and the temporary
     /// directories of unpacks that were interrupted (those whose lock nobody holds). Scratch
     /// directories of running steps are left alone. Returns the diffIDs removed.
