@@ -78,7 +78,7 @@ use sha2::{Digest, Sha256};
 
 use crate::context::ignore::clean as go_clean;
 use crate::context::{ContextError, ContextFilter, EntryKind};
-use crate::dockerfile::instructions::Mount;
+use crate::dockerfile::instructions::{Mount, split_csv};
 use crate::exec::mount::{MountGuard, UpperDirs, mount_overlay, mount_tmpfs};
 use crate::exec::{ExecError, ExtraMount};
 use crate::layer::resolve_in_root;
@@ -229,43 +229,6 @@ pub fn parse_secret_flag(s: &str) -> Result<(String, SecretSource), MountError> 
         }
     }
     Ok((id, source))
-}
-
-/// Splits one CSV record like Go's `encoding/csv` (double quotes at the start of a field).
-fn split_csv(s: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut field = String::new();
-    let mut chars = s.chars().peekable();
-    let mut in_quotes = false;
-    let mut at_start = true;
-    while let Some(c) = chars.next() {
-        if in_quotes {
-            if c == '"' {
-                if chars.peek() == Some(&'"') {
-                    chars.next();
-                    field.push('"');
-                } else {
-                    in_quotes = false;
-                }
-            } else {
-                field.push(c);
-            }
-        } else if c == '"' && at_start {
-            in_quotes = true;
-            at_start = false;
-        } else if c == ',' {
-            out.push(std::mem::take(&mut field));
-            at_start = true;
-        } else {
-            field.push(c);
-            at_start = false;
-        }
-    }
-    if in_quotes {
-        return Err("extraneous or missing \" in quoted-field".into());
-    }
-    out.push(field);
-    Ok(out)
 }
 
 /// What [`prepare`] needs to know about the build and the step.

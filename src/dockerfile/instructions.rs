@@ -934,7 +934,7 @@ fn parse_go_bool(v: &str) -> Option<bool> {
 }
 
 /// Splits `a=b,"c=d,e"` like Go's `encoding/csv` reading one record.
-fn split_csv(s: &str) -> Result<Vec<String>, String> {
+pub fn split_csv(s: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut field = String::new();
     let mut chars = s.chars().peekable();
