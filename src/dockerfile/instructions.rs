@@ -546,12 +546,19 @@ fn parse_node(node: &Node) -> Result<Parsed, String> {
                 }
                 _ => {}
             }
-            let expression = node
+            let mut expression = node
                 .next
                 .first()
                 .and_then(|n| n.children.first())
                 .map(|c| c.original.trim().to_string())
                 .unwrap_or_default();
+            // The trigger keeps its heredoc bodies, as BuildKit stores them: each body and its
+            // terminator after the line, so the trigger parses again as written.
+            for h in &node.heredocs {
+                expression.push('\n');
+                expression.push_str(&h.content);
+                expression.push_str(&h.name);
+            }
             Command::Onbuild { expression }
         }
         "WORKDIR" => {

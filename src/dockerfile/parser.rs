@@ -770,15 +770,20 @@ enum Json {
     Invalid,
 }
 
-/// Reads the first JSON value of `rest` as Go's `json.Decoder.Decode` does (text after the
-/// value is ignored).
+/// Reads `rest` as a JSON array of strings. Text after the array (other than white space)
+/// makes it invalid, so the instruction is shell form: `RUN ["echo"]x` runs `/bin/sh -c
+/// '["echo"]x'` (BuildKit's testInvalidJSONCommands).
 fn parse_json(rest: &str) -> Json {
     let rest = rest.trim_start();
     if !rest.starts_with('[') {
         return Json::Invalid;
     }
     let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<serde_json::Value>();
-    match stream.next() {
+    let first = stream.next();
+    if !rest[stream.byte_offset()..].trim().is_empty() {
+        return Json::Invalid;
+    }
+    match first {
         Some(Ok(serde_json::Value::Array(items))) => {
             let mut out = Vec::with_capacity(items.len());
             for item in items {

@@ -185,7 +185,11 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
         })?,
         None => df.stages.len() - 1,
     };
-    let target_stage = df.stages[target].name.clone().unwrap_or_default();
+    // BuildKit names an unnamed target stage `default`.
+    let target_stage = df.stages[target]
+        .name
+        .clone()
+        .unwrap_or_else(|| "default".into());
 
     // Global scope: the predefined args, then the meta ARGs in order.
     let mut global = Scope::new(predefined_args(

@@ -160,14 +160,28 @@ impl Scope {
     }
 
     /// The environment a RUN sees: the scope's variables (ENV and valued ARGs), plus
-    /// undeclared proxy variables from `--build-arg` (never persisted).
+    /// undeclared proxy variables from `--build-arg` (never persisted). As BuildKit's proxy
+    /// environment, a proxy build-arg is matched in any case and given to the command in both
+    /// (`--build-arg http_proxy=x` sets `HTTP_PROXY` and `http_proxy`).
     pub fn run_env(&self, build_args: &BTreeMap<String, String>) -> Vec<(String, String)> {
         let mut out = dedup_last_wins(&self.vars);
-        for p in PROXY_ARGS {
-            if let Some(v) = build_args.get(p)
-                && !out.iter().any(|(ok, _)| ok == p)
-            {
-                out.push((p.to_string(), v.clone()));
+        for upper in PROXY_ARGS.iter().filter(|p| p.starts_with(char::is_uppercase)) {
+            let lower = upper.to_lowercase();
+            // An exact-case build-arg wins over one in the other case.
+            let value = build_args
+                .get(*upper)
+                .or_else(|| build_args.get(&lower))
+                .or_else(|| {
+                    build_args
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(upper))
+                        .map(|(_, v)| v)
+                });
+            let Some(value) = value else { continue };
+            for name in [upper.to_string(), lower] {
+                if !out.iter().any(|(k, _)| *k == name) {
+                    out.push((name, value.clone()));
+                }
             }
         }
         out
