@@ -165,7 +165,10 @@ impl Scope {
     /// (`--build-arg http_proxy=x` sets `HTTP_PROXY` and `http_proxy`).
     pub fn run_env(&self, build_args: &BTreeMap<String, String>) -> Vec<(String, String)> {
         let mut out = dedup_last_wins(&self.vars);
-        for upper in PROXY_ARGS.iter().filter(|p| p.starts_with(char::is_uppercase)) {
+        for upper in PROXY_ARGS
+            .iter()
+            .filter(|p| p.starts_with(char::is_uppercase))
+        {
             let lower = upper.to_lowercase();
             // An exact-case build-arg wins over one in the other case.
             let value = build_args
