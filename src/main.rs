@@ -532,7 +532,7 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
     let outcome = kiln::build::build(&store, &opts, progress.as_mut())?;
     let img = &outcome.image;
     for out in &outputs {
-        export(&store, img, &tags, out)?;
+        export(&store, img, &tags, out, single_id)?;
     }
     if let Some(path) = &args.iidfile {
         std::fs::write(path, img.id().to_string())
@@ -560,7 +560,15 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
     Ok(())
 }
 
-fn export(store: &Store, img: &StoredImage, tags: &[ImageRef], out: &Output) -> Result<()> {
+/// `single_id`: kiln runs in a single-id user namespace, where owners other than root cannot
+/// be set (a `type=local` export then keeps the files the user's own, as tar would).
+fn export(
+    store: &Store,
+    img: &StoredImage,
+    tags: &[ImageRef],
+    out: &Output,
+    single_id: bool,
+) -> Result<()> {
     match out {
         Output::Oci {
             dest,
@@ -592,7 +600,15 @@ fn export(store: &Store, img: &StoredImage, tags: &[ImageRef], out: &Output) -> 
                 .with_context(|| format!("creating {}", dest.display()))?;
             for l in img.layers() {
                 let blob = store.open_blob(l.digest())?;
-                apply_layer(blob, dest, &ApplyOptions::default())
+                let apply = ApplyOptions {
+                    ownership: if single_id {
+                        kiln::layer::Ownership::BestEffort
+                    } else {
+                        kiln::layer::Ownership::Auto
+                    },
+                    ..ApplyOptions::default()
+                };
+                apply_layer(blob, dest, &apply)
                     .with_context(|| format!("exporting to {}", dest.display()))?;
             }
         }

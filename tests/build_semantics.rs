@@ -665,7 +665,6 @@ fn copy_chown_layers_as_root_and_kiln_test() {
 }
 
 #[test]
-#[ignore = "kiln bug: type=local export in a single-id user namespace fails to chown (EINVAL)"]
 fn copy_chown_layers_as_kiln_nosubid() {
     copy_chown_layers("copy_chown_layers_nosubid", &RUNNERS[2..]);
 }
