@@ -11,7 +11,7 @@
 //!   `$KILN_TEST_SUBID_USER`): a full map through newuidmap/newgidmap, where `chown 1000:1000`
 //!   lands in the upperdir as the subordinate host id.
 
-#[path = "exec_common.rs"]
+#[path = "exec_common/mod.rs"]
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

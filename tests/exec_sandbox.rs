@@ -2,7 +2,7 @@
 //! that nothing is left behind. The same runs inside an unprivileged user namespace are in
 //! `exec_rootless.rs`.
 
-#[path = "exec_common.rs"]
+#[path = "exec_common/mod.rs"]
 mod common;
 
 use std::io::{Read, Write};

@@ -2,7 +2,7 @@
 //! `/run/secrets/x` and in `$TOK`, a cache mount persisting between two runs, a writable context
 //! bind whose writes are thrown away, and none of it reaching the upperdir.
 
-#[path = "exec_common.rs"]
+#[path = "exec_common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
