@@ -163,7 +163,22 @@ impl Builder<'_> {
             sink.borrow_mut().finish();
             report
         };
-        let report = report.map_err(|e| self.step_error(inst, format!("running the step: {e}")))?;
+        let report = report.map_err(|e| {
+            // A heredoc script that exists but cannot start names its `#!` line, not the file.
+            let shebang = match (&e, args[0].strip_prefix(PIPES_DIR)) {
+                (crate::exec::ExecError::Exec { .. }, Some(_)) => r
+                    .command
+                    .files
+                    .first()
+                    .and_then(|f| f.data.lines().next())
+                    .map(|l| format!(" (is the interpreter of `{l}` in the image?)")),
+                _ => None,
+            };
+            self.step_error(
+                inst,
+                format!("running the step: {e}{}", shebang.unwrap_or_default()),
+            )
+        })?;
         let skip_paths = std::mem::take(&mut prepared.skip);
         drop(prepared);
         let shown = args.join(" ");
