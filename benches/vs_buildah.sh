@@ -40,7 +40,7 @@
 # Env: RUNS (3), CASES ("run-many-files multistage copy-tree"), BENCH_USER (kiln-test),
 #      KILN (binary; default: cargo build --release, honouring CARGO_TARGET_DIR),
 #      SHARED_BENCH, WORK (default: a new dir under /var/tmp), KEEP, BUILDAH_ISOLATION (chroot),
-#      BUDGET_S (480: a case's 2nd, 3rd... round is skipped if, judging by its previous round, it
+#      BUDGET_S (520: a case's 2nd, 3rd... round is skipped if, judging by its previous round, it
 #      would end later than this many seconds into the benchmark; keeps the whole script under 10
 #      minutes on this VM kind's noisy disk; the report says which cases got fewer runs).
 set -euo pipefail
@@ -49,7 +49,7 @@ RUNS=${RUNS:-3}
 CASES=${CASES:-run-many-files multistage copy-tree}
 BENCH_USER=${BENCH_USER:-kiln-test}
 BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
-BUDGET_S=${BUDGET_S:-480}
+BUDGET_S=${BUDGET_S:-520}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SHARED_BENCH=${SHARED_BENCH:-$REPO/../shared/bench}
 BASE_NAME=127.0.0.1:5000/busybox:latest
