@@ -63,14 +63,7 @@ pub fn run_image(store: &Store, opts: &RunImageOptions) -> Result<ExitStatus, Bu
         env.insert(0, format!("PATH={}", super::DEFAULT_PATH));
     }
     if !env.iter().any(|e| e.starts_with("HOME=")) {
-        let home = user.home.clone().unwrap_or_else(|| {
-            if user.uid == 0 {
-                "/root".into()
-            } else {
-                "/".into()
-            }
-        });
-        env.push(format!("HOME={home}"));
+        env.push(format!("HOME={}", user.home_or_default()));
     }
 
     let root = fss.run_root(&fs)?;

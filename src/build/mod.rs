@@ -850,25 +850,39 @@ impl Builder<'_> {
         entries: Vec<LayerEntry>,
         created_by: String,
     ) -> Result<Descriptor, BuildError> {
-        let opts = WriteOptions {
+        let (written, desc) = self.store.put_layer(entries, &self.write_options())?;
+        self.fss
+            .push_layer(&mut state.fs, &desc, &written.diff_id)?;
+        self.record_layer(state, written.diff_id, &desc, created_by);
+        Ok(desc)
+    }
+
+    fn write_options(&self) -> WriteOptions {
+        WriteOptions {
             compression: self.opts.compression,
             source_date_epoch: self.opts.source_date_epoch,
             ..WriteOptions::default()
-        };
-        let (written, desc) = self.store.put_layer(entries, &opts)?;
-        self.fss
-            .push_layer(&mut state.fs, &desc, &written.diff_id)?;
-        self.step_extra.diff_id = Some(written.diff_id.to_string());
+        }
+    }
+
+    /// Adds a written layer to the stage's image: its descriptor, diffID and history entry.
+    fn record_layer(
+        &mut self,
+        state: &mut StageState,
+        diff_id: crate::layer::DiffId,
+        desc: &Descriptor,
+        created_by: String,
+    ) {
+        self.step_extra.diff_id = Some(diff_id.to_string());
         state.layers.push(desc.clone());
         state.config.push_layer(
-            written.diff_id,
+            diff_id,
             History {
                 created: Some(format_rfc3339(self.now)),
                 created_by,
                 ..History::default()
             },
         );
-        Ok(desc)
     }
 
     /// WORKDIR creates its directory (owned by root, as BuildKit's mkdir) when it is missing.

@@ -15,8 +15,7 @@ use crate::dockerfile::instructions::{Instruction, Mount, RunCommand, parse_moun
 use crate::dockerfile::parser::{chomp_heredoc_content, parse_heredoc};
 use crate::exec::{ExitStatus, ExtraMount, Network, RunSpec, sandbox};
 use crate::image::Descriptor;
-use crate::image::config::{History, format_rfc3339};
-use crate::layer::{DiffOptions, WriteOptions};
+use crate::layer::DiffOptions;
 use crate::progress::{Event, Progress};
 
 /// Where BuildKit puts a heredoc that starts with `#!`, to run it as a script file.
@@ -125,14 +124,7 @@ impl Builder<'_> {
 
         let mut env: Vec<(String, String)> = state.scope.run_env(&self.graph.build_args);
         if !env.iter().any(|(k, _)| k == "HOME") {
-            let home = user.home.clone().unwrap_or_else(|| {
-                if user.uid == 0 {
-                    "/root".into()
-                } else {
-                    "/".into()
-                }
-            });
-            env.push(("HOME".into(), home));
+            env.push(("HOME".into(), user.home_or_default()));
         }
         for (k, v) in &prepared.env {
             env.retain(|(ek, _)| ek != k);
@@ -208,26 +200,12 @@ impl Builder<'_> {
             return Ok(None);
         }
         let started = Instant::now();
-        let opts = WriteOptions {
-            compression: self.opts.compression,
-            source_date_epoch: self.opts.source_date_epoch,
-            ..WriteOptions::default()
-        };
         let entries = std::mem::take(&mut changes.entries);
-        let (written, desc) = self.store.put_layer(entries, &opts)?;
+        let (written, desc) = self.store.put_layer(entries, &self.write_options())?;
         self.step_extra.layer_seconds = Some(started.elapsed().as_secs_f64());
-        self.step_extra.diff_id = Some(written.diff_id.to_string());
         self.fss
             .commit_run(&mut state.fs, changes, Some(&written.diff_id))?;
-        state.layers.push(desc.clone());
-        state.config.push_layer(
-            written.diff_id,
-            History {
-                created: Some(format_rfc3339(self.now)),
-                created_by,
-                ..History::default()
-            },
-        );
+        self.record_layer(state, written.diff_id, &desc, created_by);
         drop(scratch);
         Ok(Some(desc))
     }

@@ -59,6 +59,17 @@ pub struct ExecUser {
     pub home: Option<String>,
 }
 
+impl ExecUser {
+    /// `HOME` for the command: the passwd entry's, else `/root` for root and `/` for others.
+    pub fn home_or_default(&self) -> String {
+        match &self.home {
+            Some(h) => h.clone(),
+            None if self.uid == 0 => "/root".into(),
+            None => "/".into(),
+        }
+    }
+}
+
 /// Resolves `USER` (`user`, `user:group`, `uid`, `uid:gid`; empty means root) the way runc
 /// does for docker: a name must be in `/etc/passwd`; a number not in it runs with gid 0; a group
 /// name must be in `/etc/group`.
