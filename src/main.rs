@@ -170,6 +170,17 @@ struct PlanArgs {
     file: PathBuf,
 }
 
+/// Prints a line on stdout. A reader that went away (`kiln debug parse … | head`) ends the
+/// output quietly instead of panicking as `println!` does.
+fn say(line: String) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r.context("writing to stdout"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Commands::Run {
@@ -243,7 +254,7 @@ fn run(cli: Cli) -> Result<()> {
             for n in names {
                 let name = parse_ref(&n)?;
                 store.untag(&name)?;
-                println!("Untagged: {name}");
+                say(format!("Untagged: {name}"))?;
             }
             Ok(())
         }
@@ -285,7 +296,7 @@ fn run(cli: Cli) -> Result<()> {
                 ..ImportOptions::default()
             };
             let img = kiln::image::import(&store, std::io::BufReader::new(file), &name, &opts)?;
-            println!("{}", img.id());
+            say(format!("{}", img.id()))?;
             Ok(())
         }
         Commands::Load { file } => {
@@ -302,10 +313,10 @@ fn run(cli: Cli) -> Result<()> {
             };
             for img in loaded {
                 if img.names.is_empty() {
-                    println!("Loaded image ID: {}", img.id);
+                    say(format!("Loaded image ID: {}", img.id))?;
                 }
                 for n in img.names {
-                    println!("Loaded image: {n}");
+                    say(format!("Loaded image: {n}"))?;
                 }
             }
             Ok(())
@@ -555,7 +566,7 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if args.quiet {
-        println!("{}", img.id());
+        say(format!("{}", img.id()))?;
     }
     Ok(())
 }
@@ -645,7 +656,7 @@ fn cmd_images(root: &Path) -> Result<()> {
                 s.push_str(&format!("{c:<w$}   ", w = widths[i]));
             }
         }
-        println!("{}", s.trim_end());
+        let _ = say(s.trim_end().to_string());
     };
     line(header);
     for r in &rows {
@@ -679,7 +690,7 @@ fn cmd_inspect(root: &Path, name: &str) -> Result<()> {
         "manifest": img.manifest,
         "config": img.config,
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    say(serde_json::to_string_pretty(&out)?)?;
     Ok(())
 }
 
@@ -738,6 +749,6 @@ fn debug_plan(args: PlanArgs) -> Result<()> {
         platform: args.platform,
     };
     let graph = plan::plan(&df, &opts).map_err(|e| located(&name, e.line, &e.message))?;
-    println!("{}", serde_json::to_string_pretty(&graph)?);
+    say(serde_json::to_string_pretty(&graph)?)?;
     Ok(())
 }
