@@ -1066,3 +1066,32 @@ fn kiln_run_runs_a_command_in_an_image() {
         assert_eq!(out.status.code(), Some(7), "as {l}");
     });
 }
+
+/// `ln -f a b` over an identical, separate `b`: neither file changed by itself, but the layer
+/// must make them one inode (each runner: the link does not depend on ids).
+#[test]
+fn run_linking_two_equal_files_keeps_the_link() {
+    use std::os::unix::fs::MetadataExt;
+    each(
+        "run_linking_two_equal_files",
+        &RUNNERS,
+        |who, store, ctx| {
+            let b = ok(
+                who,
+                store,
+                ctx,
+                "FROM busybox\n\
+             RUN echo same > /a && echo same > /b && touch -d '2020-01-01 00:00:00' /a /b\n\
+             RUN ln -f /a /b\n",
+            );
+            let ino = |p: &str| b.path(p).symlink_metadata().unwrap().ino();
+            assert_eq!(
+                ino("/a"),
+                ino("/b"),
+                "as {}: /a and /b are one file",
+                who.label()
+            );
+            assert_eq!(b.read("/b"), "same\n");
+        },
+    );
+}

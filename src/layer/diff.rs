@@ -91,6 +91,8 @@ pub fn diff_upperdir(
         unchanged_dirs: HashMap::new(),
         unchanged_links: Vec::new(),
     };
+    // For unchanged files with other links: the lower inodes their upper inode stands for.
+    let mut lower_inodes: HashMap<(u64, u64), HashSet<(u64, u64)>> = HashMap::new();
     let root_opaque =
         is_opaque_dir(upper).map_err(|e| LayerError::entry(upper, "reading attributes", e))?;
     let root_lowers = if root_opaque {
@@ -177,17 +179,36 @@ pub fn diff_upperdir(
                 continue;
             }
 
-            let same = match find_lower(&frame.lowers, &name)? {
-                Some((lpath, lmd)) => same_entry(&disk, &md, &entry, &lpath, &lmd)?,
+            let lower = find_lower(&frame.lowers, &name)?;
+            let same = match &lower {
+                Some((lpath, lmd)) => same_entry(&disk, &md, &entry, lpath, lmd)?,
                 None => false,
             };
             if same {
-                if entry.link_key.is_some() {
+                if let (Some(key), Some((_, lmd))) = (entry.link_key, &lower) {
+                    lower_inodes
+                        .entry(key)
+                        .or_default()
+                        .insert((lmd.dev(), lmd.ino()));
                     d.unchanged_links.push(entry);
                 }
             } else {
                 d.out.push(entry);
             }
+        }
+    }
+    // Files linked together in the upper directory that were separate (equal) files below
+    // (`ln -f a b` over an identical b): each looks unchanged, but the layer must make the link.
+    // One of them emitted is enough: `finish` brings in its partners.
+    for (key, inodes) in &lower_inodes {
+        if inodes.len() > 1
+            && let Some(i) = d
+                .unchanged_links
+                .iter()
+                .position(|e| e.link_key == Some(*key))
+        {
+            let e = d.unchanged_links.swap_remove(i);
+            d.out.push(e);
         }
     }
     Ok(d.finish())
