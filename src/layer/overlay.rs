@@ -97,7 +97,11 @@ pub(crate) fn is_whiteout(md: &fs::Metadata) -> bool {
 
 /// Reads one extended attribute of `path` (not following a symlink). `None` when it is not set
 /// or the file system has no extended attributes.
-pub(crate) fn get_xattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn get_xattr(
+    path: &Path,
+    name: impl AsRef<std::ffi::OsStr>,
+) -> io::Result<Option<Vec<u8>>> {
+    let name = name.as_ref();
     let mut buf = vec![0u8; 256];
     loop {
         match rustix::fs::lgetxattr(path, name, &mut buf[..]) {

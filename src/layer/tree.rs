@@ -231,8 +231,8 @@ fn copy_xattrs(s: &Path, d: &Path) -> Result<(), LayerError> {
         overlay::list_xattrs(s).map_err(|e| LayerError::entry(s, "listing attributes", e))?;
     for name in names {
         let name = OsStr::from_bytes(&name);
-        let Some(value) =
-            get_xattr(s, name).map_err(|e| LayerError::entry(s, "reading attributes", e))?
+        let Some(value) = overlay::get_xattr(s, name)
+            .map_err(|e| LayerError::entry(s, "reading attributes", e))?
         else {
             continue;
         };
@@ -242,26 +242,6 @@ fn copy_xattrs(s: &Path, d: &Path) -> Result<(), LayerError> {
         }
     }
     Ok(())
-}
-
-/// One extended attribute by raw name (`overlay::get_xattr` takes UTF-8 names only); `None`
-/// when it disappeared since it was listed.
-fn get_xattr(path: &Path, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
-    let mut buf = vec![0u8; 256];
-    loop {
-        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(Some(buf));
-            }
-            Err(Errno::NODATA) => return Ok(None),
-            Err(Errno::RANGE) => {
-                let n = rustix::fs::lgetxattr_query(path, name)?;
-                buf = vec![0u8; n.max(buf.len() * 2)];
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 /// How many equal-looking entries are compared at once (in parallel, as comparing may read
