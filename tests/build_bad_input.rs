@@ -15,6 +15,7 @@ use common::build::{
     Built, blob_contents, build, busybox_rootfs, have, import_busybox, make_tree, skopeo_inspect,
     try_build,
 };
+use common::host::{kiln_mounts, procs_with};
 
 /// A unique name for host paths and markers.
 fn unique(tag: &str) -> String {
@@ -888,37 +889,6 @@ fn a_killed_build_leaves_a_readable_store_and_prune_cleans_up() {
     }
 }
 
-/// Processes (other than this one) whose command line contains `needle`.
-fn procs_with(needle: &str) -> Vec<String> {
-    let me = std::process::id().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
-            continue;
-        }
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(needle) {
-            out.push(format!("{name}: {cmd}"));
-        }
-    }
-    out
-}
-
-/// Lines of this process's mountinfo that mention kiln.
-fn kiln_mounts() -> std::collections::BTreeSet<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("kiln"))
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
     const T: &str = "a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process";
@@ -934,7 +904,7 @@ fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
         format!("FROM busybox\nRUN echo first > /first\nRUN {sleep}; : {marker}\n"),
     )
     .unwrap();
-    let mounts_before = kiln_mounts();
+    let mounts_before = kiln_mounts(&[]);
     let before = a.snapshot();
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("kiln"))
         .arg("--root")
@@ -974,7 +944,10 @@ fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(left.is_empty(), "processes left after SIGKILL: {left:?}");
-    let new_mounts: Vec<_> = kiln_mounts().difference(&mounts_before).cloned().collect();
+    let new_mounts: Vec<_> = kiln_mounts(&[])
+        .difference(&mounts_before)
+        .cloned()
+        .collect();
     assert!(new_mounts.is_empty(), "mounts left: {new_mounts:?}");
     a.assert_store_ok();
     assert_eq!(

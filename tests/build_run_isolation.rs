@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use sha2::Digest;
@@ -24,6 +24,7 @@ use common::build::{
     Built, OWNERSHIP_RUNNERS, RUNNERS, Runner, blob_contents, busybox_store, have, is_root,
     kiln_as, runner_dir, runner_store, skopeo_inspect, try_build_as,
 };
+use common::host::{kiln_mounts, procs_left};
 
 const NOSUBID: Runner = Runner::User("kiln-nosubid");
 
@@ -304,49 +305,6 @@ fn subtree(dir: &Path, sub: &str) -> BTreeMap<String, String> {
 
 // ---------------------------------------------------------------------------------------------
 // host state: mounts and processes
-
-/// Lines of this process's mountinfo mentioning kiln or one of `paths`.
-fn kiln_mounts(paths: &[&Path]) -> BTreeSet<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("kiln") || paths.iter().any(|p| l.contains(&*p.to_string_lossy())))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Processes (other than this one) whose command line contains `needle`.
-fn procs_with(needle: &str) -> Vec<String> {
-    let me = std::process::id().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
-            continue;
-        }
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(needle) {
-            out.push(format!("{name}: {cmd}"));
-        }
-    }
-    out
-}
-
-/// Waits up to 3 s for no process to match `needle`; the ones left.
-fn procs_left(needle: &str) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let left = procs_with(needle);
-        if left.is_empty() || Instant::now() > deadline {
-            return left;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Kills (SIGKILL) and reaps a child this test started.
 struct ChildGuard(std::process::Child);
