@@ -7,7 +7,7 @@ use crate::image::Store;
 
 use super::BuildError;
 use super::copy::resolve_exec_user;
-use super::stagefs::{self, Filesystems};
+use super::stagefs::Filesystems;
 
 /// What `kiln run` runs.
 #[derive(Debug, Clone)]
@@ -28,13 +28,7 @@ fn err(message: impl Into<String>) -> BuildError {
 /// Runs the command to its end with stdout and stderr passed through; returns how it ended.
 pub fn run_image(store: &Store, opts: &RunImageOptions) -> Result<ExitStatus, BuildError> {
     let img = store.resolve(&opts.image)?;
-    let probe = tempfile::Builder::new()
-        .prefix("probe-")
-        .tempdir_in(store.tmp_dir())
-        .map_err(|e| err(format!("creating a temporary directory: {e}")))?;
-    let snapshotter = stagefs::choose(probe.path());
-    drop(probe);
-    let fss = Filesystems::new(store, snapshotter, opts.single_id)?;
+    let fss = Filesystems::new(store, opts.single_id)?;
     let fs = fss.stage(img.layers(), &img.config.rootfs.diff_ids)?;
 
     let cc = img.config.config.clone().unwrap_or_default();

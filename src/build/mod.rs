@@ -182,19 +182,10 @@ pub fn build(
     })?;
 
     let filter = context_filter(opts)?;
-    let probe = tempfile::Builder::new()
-        .prefix("probe-")
-        .tempdir_in(store.tmp_dir())
-        .map_err(|e| BuildError::Context {
-            path: store.tmp_dir().to_path_buf(),
-            message: format!("creating a temporary directory: {e}"),
-        })?;
-    let snapshotter = stagefs::choose(probe.path());
-    drop(probe);
+    let fss = Filesystems::new(store, opts.single_id)?;
     progress.event(&Event::Notice {
-        message: format!("snapshotter: {snapshotter}"),
+        message: format!("snapshotter: {}", fss.snapshotter),
     });
-    let fss = Filesystems::new(store, snapshotter, opts.single_id)?;
     let mut b = Builder {
         store,
         fss,

@@ -39,7 +39,7 @@ impl std::fmt::Display for Snapshotter {
 
 /// Picks the snapshotter: `KILN_SNAPSHOTTER=copy|overlay` forces one; otherwise overlay when a
 /// test mount under `scratch` works.
-pub fn choose(scratch: &Path) -> Snapshotter {
+fn choose(scratch: &Path) -> Snapshotter {
     match std::env::var("KILN_SNAPSHOTTER").as_deref() {
         Ok("copy") => return Snapshotter::Copy("KILN_SNAPSHOTTER=copy".into()),
         Ok("overlay") => return Snapshotter::Overlay,
@@ -79,6 +79,8 @@ pub struct Filesystems<'a> {
     pub snapshots: SnapshotStore,
     pub snapshotter: Snapshotter,
     apply: ApplyOptions,
+    /// `<store>/snapshots/.empty`: the bottom layer of views with fewer than two lowers.
+    empty: PathBuf,
 }
 
 /// One stage's filesystem.
@@ -125,11 +127,18 @@ pub struct RunRoot {
 }
 
 impl<'a> Filesystems<'a> {
-    pub fn new(
-        store: &'a Store,
-        snapshotter: Snapshotter,
-        single_id: bool,
-    ) -> Result<Self, StageFsError> {
+    /// The store's filesystems, on the snapshotter [`choose`] picks (probed in the store's
+    /// temp directory, so on the file system the snapshots live on).
+    pub fn new(store: &'a Store, single_id: bool) -> Result<Self, StageFsError> {
+        let probe = tempfile::Builder::new()
+            .prefix("probe-")
+            .tempdir_in(store.tmp_dir())
+            .map_err(io(format!(
+                "creating a temporary directory in {}",
+                store.tmp_dir().display()
+            )))?;
+        let snapshotter = choose(probe.path());
+        drop(probe);
         let apply = ApplyOptions {
             ownership: if single_id {
                 Ownership::BestEffort
@@ -139,11 +148,18 @@ impl<'a> Filesystems<'a> {
             ..ApplyOptions::default()
         };
         let snapshots = SnapshotStore::new(store.root())?.with_apply_options(apply.clone());
+        let empty = snapshots.root().join(".empty");
+        match std::fs::create_dir(&empty) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(format!("creating {}", empty.display()))(e)),
+        }
         Ok(Filesystems {
             store,
             snapshots,
             snapshotter,
             apply,
+            empty,
         })
     }
 
@@ -234,28 +250,16 @@ impl<'a> Filesystems<'a> {
 
     fn remount(&self, fs: &mut StageFs) -> Result<(), StageFsError> {
         let lowers = self.snapshots.lowerdirs(&fs.diff_ids);
-        let empty = self.empty_dir()?;
         if let View::Overlay { dir, mount } = &mut fs.view {
             if let Some(m) = mount.take() {
                 m.unmount()?;
             }
             // With no layer at all (FROM scratch) the empty directory itself is the view.
             if !lowers.is_empty() {
-                *mount = Some(mount_overlay(&lowers, None, &empty, dir.path())?);
+                *mount = Some(mount_overlay(&lowers, None, &self.empty, dir.path())?);
             }
         }
         Ok(())
-    }
-
-    /// `<store>/snapshots/.empty`: the bottom layer of views with fewer than two lowers.
-    fn empty_dir(&self) -> Result<PathBuf, StageFsError> {
-        let p = self.snapshots.root().join(".empty");
-        match std::fs::create_dir(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io(format!("creating {}", p.display()))(e)),
-        }
-        Ok(p)
     }
 
     /// Prepares the root a RUN runs in.
