@@ -12,6 +12,10 @@
 //! `unshare --user --map-root-user --mount` (`userxattr`, `user.overlay.*`), where this test
 //! binary runs itself again. Skipped (with a message) when not root or without `unshare`.
 
+mod common;
+
+use common::assert_same_tree;
+use common::build::is_root;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -27,10 +31,6 @@ use kiln::layer::{
 const T1: i64 = 1_600_000_000;
 const T2: i64 = 1_650_000_000;
 const INNER_ENV: &str = "KILN_LAYER_DIFF_IN_USERNS";
-
-fn is_root() -> bool {
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
 
 fn layer(entries: Vec<LayerEntry>) -> (Vec<u8>, DiffId) {
     let mut out = Vec::new();
@@ -186,21 +186,6 @@ fn tree(root: &Path, exclude: &[&str]) -> BTreeMap<String, Node> {
         }
     }
     out
-}
-
-fn assert_same_tree(what: &str, want: &BTreeMap<String, Node>, got: &BTreeMap<String, Node>) {
-    let mut diffs = Vec::new();
-    for (k, v) in want {
-        match got.get(k) {
-            None => diffs.push(format!("missing {k}: {v:?}")),
-            Some(g) if g != v => diffs.push(format!("differs {k}:\n  want {v:?}\n  got  {g:?}")),
-            _ => {}
-        }
-    }
-    for k in got.keys().filter(|k| !want.contains_key(*k)) {
-        diffs.push(format!("extra {k}: {:?}", got[k]));
-    }
-    assert!(diffs.is_empty(), "{what}:\n{}", diffs.join("\n"));
 }
 
 fn run(cmd: &mut Command) {

@@ -7,6 +7,10 @@
 //! The single-id user namespace case runs this binary again inside `unshare --user
 //! --map-root-user`.
 
+mod common;
+
+use common::assert_same_tree;
+use common::build::is_root;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Read;
@@ -25,10 +29,6 @@ const INNER_ENV: &str = "KILN_LAYER_TREE_IN_USERNS";
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-fn is_root() -> bool {
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
 
 /// Real root (uid 0 in the initial user namespace): devices, `trusted.*`, other owners.
 fn is_real_root() -> bool {
@@ -180,21 +180,6 @@ fn tree(root: &Path, precision: Precision) -> BTreeMap<String, Node> {
         out.get_mut(rel).unwrap().link_group = Some(first.clone());
     }
     out
-}
-
-fn assert_same_tree(what: &str, want: &BTreeMap<String, Node>, got: &BTreeMap<String, Node>) {
-    let mut diffs = Vec::new();
-    for (k, v) in want {
-        match got.get(k) {
-            None => diffs.push(format!("missing {k}: {v:?}")),
-            Some(g) if g != v => diffs.push(format!("differs {k}:\n  want {v:?}\n  got  {g:?}")),
-            _ => {}
-        }
-    }
-    for k in got.keys().filter(|k| !want.contains_key(*k)) {
-        diffs.push(format!("extra {k}: {:?}", got[k]));
-    }
-    assert!(diffs.is_empty(), "{what}:\n{}", diffs.join("\n"));
 }
 
 fn ino(p: &Path) -> u64 {

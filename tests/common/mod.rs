@@ -31,3 +31,24 @@ pub fn conformance_dir(test: &str) -> Option<PathBuf> {
 pub fn kiln() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("kiln").expect("kiln binary")
 }
+
+/// Compares two trees given as path → node maps and lists every missing, differing and extra
+/// path at once.
+pub fn assert_same_tree<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    want: &std::collections::BTreeMap<String, T>,
+    got: &std::collections::BTreeMap<String, T>,
+) {
+    let mut diffs = Vec::new();
+    for (k, v) in want {
+        match got.get(k) {
+            None => diffs.push(format!("missing {k}: {v:?}")),
+            Some(g) if g != v => diffs.push(format!("differs {k}:\n  want {v:?}\n  got  {g:?}")),
+            _ => {}
+        }
+    }
+    for k in got.keys().filter(|k| !want.contains_key(*k)) {
+        diffs.push(format!("extra {k}: {:?}", got[k]));
+    }
+    assert!(diffs.is_empty(), "{what}:\n{}", diffs.join("\n"));
+}
