@@ -492,9 +492,12 @@ fn docker_archive_loads_in_podman_and_skopeo() {
     };
     let info = podman().arg("info").output().unwrap();
     if !info.status.success() {
-        eprintln!(
-            "SKIP {T} (podman part): podman does not work here: {}",
-            String::from_utf8_lossy(&info.stderr).trim()
+        common::skip(
+            &format!("{T} (podman part)"),
+            format!(
+                "podman does not work here: {}",
+                String::from_utf8_lossy(&info.stderr).trim()
+            ),
         );
         return;
     }

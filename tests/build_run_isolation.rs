@@ -64,7 +64,7 @@ impl Setup {
     fn new(who: Runner, test: &str, needs_ids: bool) -> Option<Setup> {
         let store_dir = if who == Runner::Root && !is_root() {
             if needs_ids {
-                eprintln!("SKIP {test}: needs root (CI runs the tests as root)");
+                common::skip(test, "needs root (CI runs the tests as root)");
                 return None;
             }
             busybox_store(test)?

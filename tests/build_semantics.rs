@@ -558,7 +558,7 @@ fn each_runner(
             .filter(|r| r.available(test))
             .collect()
     } else {
-        eprintln!("SKIP {test} as other users: needs root");
+        common::skip(&format!("{test} as other users"), "needs root");
         vec![Runner::Root]
     };
     for who in list {
@@ -787,7 +787,7 @@ fn s15_chmod_on_busybox() {
 #[test]
 fn s18_chown_on_busybox() {
     if !is_root() {
-        eprintln!("SKIP s18_chown_on_busybox: needs root to read back owners");
+        common::skip("s18_chown_on_busybox", "needs root to read back owners");
         return;
     }
     // Ownership: root and the user with subordinate ids (a single-id map cannot hold 1000).

@@ -7,6 +7,9 @@
 //! Tests that give files to other owners need root (or a full user-namespace id map): without it
 //! they check the layer entries only and print a `SKIP` line for the file-system part.
 
+#[path = "common/skip.rs"]
+mod skip;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
@@ -42,10 +45,7 @@ fn can_chown() -> bool {
     })
 }
 
-/// A `SKIP` line on stderr, past the test harness's capture.
-fn skip(test: &str, why: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
-}
+use skip::skip;
 
 /// A directory tree from a compact description: `name=content` files, `dir/` directories,
 /// `link -> target` symlinks.

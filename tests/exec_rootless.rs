@@ -56,11 +56,11 @@ fn prepare(test: &str, uid: u32, gid: u32) -> Option<Prepared> {
         return None;
     }
     if kiln::exec::userns::in_user_namespace() {
-        eprintln!("SKIP {test}: runs from the initial user namespace only");
+        skip(test, "runs from the initial user namespace only");
         return None;
     }
     if which("setpriv").is_none() {
-        eprintln!("SKIP {test}: setpriv (util-linux) not found");
+        skip(test, "setpriv (util-linux) not found");
         return None;
     }
     let dir = tempfile::Builder::new()
@@ -167,7 +167,10 @@ fn unshare_map_root_user_as_nobody_with_mount2_fallback() {
         return;
     };
     if which("unshare").is_none() {
-        eprintln!("SKIP unshare_map_root_user_as_nobody_with_mount2_fallback: no unshare");
+        skip(
+            "unshare_map_root_user_as_nobody_with_mount2_fallback",
+            "no unshare",
+        );
         return;
     }
     let mut wrapper = NOBODY.to_vec();
@@ -199,19 +202,23 @@ fn full_subordinate_id_map_keeps_ownership() {
         String::from_utf8_lossy(&o.stdout).trim().parse().ok()
     };
     let (Some(uid), Some(gid)) = (ids("-u"), ids("-g")) else {
-        eprintln!(
-            "SKIP {test}: no user {user:?} (.ci/run creates `kiln-test` with /etc/subuid and /etc/subgid ranges; or set KILN_TEST_SUBID_USER)"
+        skip(
+            test,
+            format!(
+                "no user {user:?} (scripts/test.sh creates `kiln-test` with /etc/subuid and /etc/subgid ranges; or set KILN_TEST_SUBID_USER)"
+            ),
         );
         return;
     };
     let Some(range) = first_subuid(&user, uid).filter(|r| r.count >= 1000) else {
-        eprintln!(
-            "SKIP {test}: user {user:?} has no /etc/subuid and /etc/subgid ranges of 1000+ ids"
+        skip(
+            test,
+            format!("user {user:?} has no /etc/subuid and /etc/subgid ranges of 1000+ ids"),
         );
         return;
     };
     if which("newuidmap").is_none() {
-        eprintln!("SKIP {test}: newuidmap not installed (Debian: uidmap)");
+        skip(test, "newuidmap not installed (Debian: uidmap)");
         return;
     }
     let Some(p) = prepare(test, uid, gid) else {

@@ -120,7 +120,10 @@ fn stubs_are_reported_parents_first_and_are_all_the_run_added() {
         return;
     }
     let Some(bb) = busybox() else {
-        eprintln!("SKIP stubs_are_reported_parents_first_and_are_all_the_run_added: no busybox");
+        skip(
+            "stubs_are_reported_parents_first_and_are_all_the_run_added",
+            "no busybox",
+        );
         return;
     };
     // A bare rootfs: just /bin/busybox and /bin/sh.
@@ -614,8 +617,9 @@ fn root_outside_a_user_namespace_needs_no_reexec() {
         return;
     }
     if kiln::exec::userns::in_user_namespace() {
-        eprintln!(
-            "SKIP root_outside_a_user_namespace_needs_no_reexec: already in a user namespace"
+        skip(
+            "root_outside_a_user_namespace_needs_no_reexec",
+            "already in a user namespace",
         );
         return;
     }
@@ -629,7 +633,10 @@ fn root_outside_a_user_namespace_needs_no_reexec() {
 fn setup_errors_name_the_step_and_the_kernels_reason() {
     let l = setup!("setup_errors_name_the_step_and_the_kernels_reason");
     if !std::path::Path::new("/dev/shm").is_dir() {
-        eprintln!("SKIP setup_errors_name_the_step_and_the_kernels_reason: no /dev/shm");
+        skip(
+            "setup_errors_name_the_step_and_the_kernels_reason",
+            "no /dev/shm",
+        );
         return;
     }
     // A workdir on another filesystem than the upperdir: the kernel refuses the overlay.

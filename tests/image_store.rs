@@ -2,6 +2,9 @@
 //! kiln writes (the store itself, OCI layouts and archives, docker-archives), and kiln loads what
 //! they write. A test whose tool is missing prints one `SKIP` line and passes.
 
+#[path = "common/skip.rs"]
+mod skip;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,7 +31,7 @@ fn have(tool: &str) -> bool {
 fn skip_unless(tools: &[&str], test: &str) -> bool {
     for t in tools {
         if !have(t) {
-            println!("SKIP {test}: `{t}` is not installed");
+            skip::skip(test, format!("`{t}` is not installed"));
             return false;
         }
     }
@@ -435,12 +438,15 @@ fn podman_loads_kilns_docker_archive_and_kiln_loads_podmans() {
     if let Ok(o) = podman(&pdir).args(["images", "-q"]).output()
         && !o.status.success()
     {
-        println!(
-            "SKIP {test}: podman does not work here: {}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .next()
-                .unwrap_or("")
+        skip::skip(
+            test,
+            format!(
+                "podman does not work here: {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            ),
         );
         return;
     }

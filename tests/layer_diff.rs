@@ -513,7 +513,10 @@ fn scenario(prefix: OverlayXattrPrefix, as_real_root: bool) {
 #[test]
 fn overlay_diff_as_root() {
     if !is_root() {
-        eprintln!("skipped: overlay mounts with trusted.overlay.* need root");
+        common::skip(
+            "overlay_diff_as_root",
+            "overlay mounts with trusted.overlay.* need root",
+        );
         return;
     }
     if std::env::var_os(INNER_ENV).is_some() {
@@ -533,7 +536,10 @@ fn overlay_diff_in_user_namespace() {
     if !is_root() {
         // tempdirs of other users are not reachable through a single-id map the same way;
         // the rootless path is exercised end to end by the build tests.
-        eprintln!("skipped: run as root (the scenario maps root to itself in the namespace)");
+        common::skip(
+            "overlay_diff_in_user_namespace",
+            "run as root (the scenario maps root to itself in the namespace)",
+        );
         return;
     }
     let exe = std::env::current_exe().unwrap();
@@ -549,7 +555,10 @@ fn overlay_diff_in_user_namespace() {
         fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
         run_in_user_namespace(&copy, Some(65534));
     } else {
-        eprintln!("setpriv missing: the run as an unprivileged user was skipped");
+        common::skip(
+            "overlay_diff_in_user_namespace (as nobody)",
+            "setpriv (util-linux) is not installed",
+        );
     }
 }
 
@@ -606,7 +615,10 @@ fn diff_of_an_empty_upper_is_empty_and_errors_name_paths() {
 #[test]
 fn a_whiteout_and_a_directory_of_one_layer_make_an_opaque_directory() {
     if !is_root() {
-        eprintln!("skipped: whiteout devices need root");
+        common::skip(
+            "a_whiteout_and_a_directory_of_one_layer_make_an_opaque_directory",
+            "whiteout devices need root",
+        );
         return;
     }
     let t = tempfile::tempdir().unwrap();

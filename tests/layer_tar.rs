@@ -1,6 +1,9 @@
 //! Layer tars end to end: determinism, round trips through `apply_layer`, interoperability with
 //! GNU tar, zcat/zstd and the `tar` crate, and hostile archives that must not escape the target.
 
+#[path = "common/skip.rs"]
+mod skip;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{self, File, FileTimes, OpenOptions};
@@ -521,7 +524,7 @@ fn binary_xattr_values_are_written_by_length() {
 #[test]
 fn gnu_tar_lists_and_extracts_the_layer() {
     if !have("tar") {
-        eprintln!("SKIP: GNU tar not found");
+        skip::skip("gnu_tar_lists_and_extracts_the_layer", "GNU tar not found");
         return;
     }
     let src = tempfile::tempdir().unwrap();
@@ -660,7 +663,10 @@ fn shell_tools_agree_with_the_digests() {
             let dig = run(format!("sha256sum '{}'", p.display()));
             assert_eq!(format!("sha256:{dig}"), w.digest.to_string(), "{c:?}");
         } else {
-            eprintln!("SKIP shell check for {c:?}: {tool} or sha256sum missing");
+            skip::skip(
+                &format!("shell_tools_agree_with_the_digests {c:?}"),
+                format!("{tool} or sha256sum missing"),
+            );
         }
         // In Rust, always.
         assert_eq!(w.digest.hex(), sha256_hex(&blob));

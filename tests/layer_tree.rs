@@ -340,7 +340,10 @@ fn copy_tree_reproduces_everything() {
     fs::create_dir(&dst).unwrap();
     let privileged = is_real_root();
     if !privileged {
-        eprintln!("SKIP (partly): devices, trusted.* and other owners need real root");
+        common::skip(
+            "copy_tree_reproduces_everything (partly)",
+            "devices, trusted.* and other owners need real root",
+        );
     }
     rich_tree(&src, privileged);
     copy_tree(&src, &dst).unwrap();
@@ -418,11 +421,17 @@ fn copy_tree_in_a_single_id_user_namespace() {
         return;
     }
     if !is_real_root() {
-        eprintln!("SKIP: run as real root (the namespace maps root to itself)");
+        common::skip(
+            "copy_tree_in_a_single_id_user_namespace",
+            "run as real root (the namespace maps root to itself)",
+        );
         return;
     }
     if Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("SKIP: unshare not found");
+        common::skip(
+            "copy_tree_in_a_single_id_user_namespace",
+            "unshare not found",
+        );
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -844,7 +853,10 @@ fn the_layer_applied_to_the_old_tree_gives_the_new_one() {
     // Unprivileged, a read-only directory of the old tree could not receive the layer's
     // whiteout (as with any tool); in a user namespace everything but devices and owners works.
     if !is_root() {
-        eprintln!("SKIP: run as root");
+        common::skip(
+            "the_layer_applied_to_the_old_tree_gives_the_new_one",
+            "run as root",
+        );
         return;
     }
     let privileged = is_real_root();
@@ -931,7 +943,10 @@ fn run(cmd: &mut Command) {
 #[test]
 fn agrees_with_the_upperdir_differ() {
     if !is_real_root() {
-        eprintln!("SKIP: overlay mounts need real root");
+        common::skip(
+            "agrees_with_the_upperdir_differ",
+            "overlay mounts need real root",
+        );
         return;
     }
     let t = tempfile::tempdir().unwrap();

@@ -167,7 +167,10 @@ pub fn busybox_rootfs(test: &str) -> Option<PathBuf> {
         st.status.success().then_some(tar)
     });
     if tar.is_none() {
-        eprintln!("SKIP {test}: busybox-static is not installed (apt-get install busybox-static)");
+        super::skip(
+            test,
+            "busybox-static is not installed (apt-get install busybox-static)",
+        );
     }
     tar.clone()
 }
@@ -363,7 +366,7 @@ impl Runner {
             None
         };
         if let Some(why) = &why {
-            eprintln!("SKIP {test} as {}: {why}", self.label());
+            super::skip(&format!("{test} as {}", self.label()), why);
         }
         why.is_none()
     }
@@ -669,7 +672,7 @@ pub fn have(test: &str, tool: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok {
-        eprintln!("SKIP {test}: {tool} is not installed");
+        super::skip(test, format!("{tool} is not installed"));
     }
     ok
 }

@@ -3,6 +3,9 @@
 
 pub mod build;
 pub mod host;
+pub mod skip;
+
+pub use skip::skip;
 
 use std::path::PathBuf;
 
@@ -21,8 +24,9 @@ pub fn conformance_dir(test: &str) -> Option<PathBuf> {
             return Some(c);
         }
     }
-    eprintln!(
-        "SKIP {test}: conformance corpus not found (set KILN_CONFORMANCE or place it at ../shared/conformance)"
+    skip(
+        test,
+        "conformance corpus not found (set KILN_CONFORMANCE or place it at ../shared/conformance)",
     );
     None
 }

@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 
 use kiln::exec::{RootfsSpec, RunReport, RunSpec};
 
+#[path = "../common/skip.rs"]
+pub mod skip;
+pub use skip::skip;
+
 /// `true` when this process may use the sandbox (root, possibly of a user namespace).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -17,7 +21,10 @@ pub fn skip_unless_root(test: &str) -> bool {
     if is_root() {
         return false;
     }
-    eprintln!("SKIP {test}: the sandbox tests run as root (CI does); as a user, run kiln itself");
+    skip(
+        test,
+        "the sandbox tests run as root (CI does); as a user, run kiln itself",
+    );
     true
 }
 
@@ -35,7 +42,7 @@ pub fn busybox() -> Option<PathBuf> {
 /// line) when busybox is missing.
 pub fn busybox_rootfs(root: &Path, test: &str) -> bool {
     let Some(bb) = busybox() else {
-        eprintln!("SKIP {test}: busybox not found (apt-get install busybox-static)");
+        skip(test, "busybox not found (apt-get install busybox-static)");
         return false;
     };
     for d in [
