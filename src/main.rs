@@ -194,8 +194,16 @@ fn main() -> ExitCode {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
                 eprintln!("error: {e:#}");
-                // docker run's own failures are 125; keep them apart from the command's codes.
-                ExitCode::from(125)
+                // A command that could not be started exits 127 (not found) or 126 (not
+                // executable), as a shell and `docker run` do; kiln's own failures are 125, as
+                // docker run's are, to keep them apart from the command's codes.
+                let not_started = e.chain().find_map(|c| match c.downcast_ref() {
+                    Some(kiln::build::BuildError::CommandNotStarted { exit_code, .. }) => {
+                        Some(*exit_code)
+                    }
+                    _ => None,
+                });
+                ExitCode::from(not_started.unwrap_or(125))
             }
         };
     }

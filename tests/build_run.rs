@@ -1064,6 +1064,31 @@ fn kiln_run_runs_a_command_in_an_image() {
         );
         let out = run(&["sh", "-c", "exit 7"]);
         assert_eq!(out.status.code(), Some(7), "as {l}");
+        // As docker run: a command that is not found exits 127, one that cannot be executed
+        // 126, each with the reason on stderr; kiln's own failures stay 125.
+        for (args, code, reason) in [
+            (
+                &["no-such-command"][..],
+                127,
+                "executable file not found in PATH",
+            ),
+            (&["/no/such/file"][..], 127, "No such file or directory"),
+            (&["/etc/passwd"][..], 126, "Permission denied"),
+            (&["/w"][..], 126, "Permission denied"),
+        ] {
+            let out = run(args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(code), "as {l}: {args:?}: {err}");
+            assert!(err.contains(reason), "as {l}: {args:?}: {err}");
+        }
+        let out = kiln_as(who)
+            .arg("--root")
+            .arg(store)
+            .args(["run", "--rm", "no-such-image:latest", "true"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(125), "as {l}");
     });
 }
 

@@ -445,8 +445,13 @@ fn command_is_found_in_the_containers_path_not_the_hosts() {
     let mut spec = RunSpec::new(l.rootfs(), vec!["cargo".into()]);
     spec.env = vec!["PATH=/usr/local/bin:/usr/bin:/bin".into()];
     match kiln::exec::run(&spec, std::io::sink(), std::io::sink()) {
-        Err(ExecError::Exec { program, reason }) => {
+        Err(ExecError::Exec {
+            program,
+            reason,
+            not_found,
+        }) => {
             assert_eq!(program, "cargo");
+            assert!(not_found);
             assert!(
                 reason.contains("not found in PATH (/usr/local/bin:/usr/bin:/bin)"),
                 "{reason}"

@@ -74,8 +74,15 @@ pub fn run_image(store: &Store, opts: &RunImageOptions) -> Result<ExitStatus, Bu
         spec.groups = user.groups;
     }
     spec.network = opts.network;
-    let report = sandbox::run(&spec, std::io::stdout(), std::io::stderr())
-        .map_err(|e| err(e.to_string()))?;
+    let report = sandbox::run(&spec, std::io::stdout(), std::io::stderr()).map_err(|e| match e
+        .exec_exit_code()
+    {
+        Some(exit_code) => BuildError::CommandNotStarted {
+            exit_code,
+            source: e,
+        },
+        None => err(e.to_string()),
+    })?;
     // The upper directory goes with `root`: nothing the command wrote is kept.
     drop(root);
     Ok(report.status)

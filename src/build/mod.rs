@@ -124,6 +124,14 @@ pub enum BuildError {
     /// `kiln run` could not run the image.
     #[error("{0}")]
     Run(String),
+    /// `kiln run`'s command could not be started; `exit_code` is 127 (not found) or 126 (not
+    /// executable), as `docker run` exits.
+    #[error("{source}")]
+    CommandNotStarted {
+        exit_code: u8,
+        #[source]
+        source: crate::exec::ExecError,
+    },
 }
 
 /// What COPY and ADD share, as written (unexpanded).

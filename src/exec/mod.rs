@@ -79,7 +79,13 @@ pub enum ExecError {
     },
     /// The command could not be started (not found in the container's `PATH`, not executable…).
     #[error("exec {program:?}: {reason}")]
-    Exec { program: String, reason: String },
+    Exec {
+        program: String,
+        reason: String,
+        /// The program does not exist (ENOENT): shells and `docker run` exit 127 for this and
+        /// 126 for a program that exists but cannot be executed.
+        not_found: bool,
+    },
     /// Entering or mapping the user namespace failed.
     #[error("user namespace: {0}")]
     Userns(String),
@@ -94,6 +100,15 @@ pub enum ExecError {
 }
 
 impl ExecError {
+    /// The exit status a shell gives a command that could not be started: 127 when it was not
+    /// found, 126 when it could not be executed. `None` for errors of kiln's own set-up.
+    pub fn exec_exit_code(&self) -> Option<u8> {
+        match self {
+            ExecError::Exec { not_found, .. } => Some(if *not_found { 127 } else { 126 }),
+            _ => None,
+        }
+    }
+
     pub(crate) fn sys(what: impl Into<String>, source: std::io::Error) -> Self {
         ExecError::Sys {
             what: what.into(),

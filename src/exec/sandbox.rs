@@ -1329,6 +1329,7 @@ impl Plan {
                 return ExecError::Exec {
                     program: e.program.clone(),
                     reason,
+                    not_found: source.raw_os_error() == Some(libc::ENOENT),
                 };
             }
         };
