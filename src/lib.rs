@@ -9,6 +9,7 @@ pub mod dockerfile;
 pub mod exec;
 pub mod image;
 pub mod layer;
+pub mod lease;
 pub mod plan;
 pub mod platform;
 pub mod progress;

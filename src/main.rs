@@ -278,18 +278,19 @@ fn run(cli: Cli) -> Result<()> {
                 .flat_map(|img| img.config.rootfs.diff_ids.clone())
                 .collect();
             let snapshots = kiln::layer::SnapshotStore::new(&root)?;
-            let (removed, scratch) = store.while_exclusive(|| {
-                Ok::<_, kiln::layer::LayerError>((
-                    snapshots.prune(&keep)?.len(),
-                    snapshots.prune_scratch()?,
-                ))
-            })??;
+            let ((removed, snap_bytes), (scratch, scratch_bytes)) =
+                store.while_exclusive(|| {
+                    let pruned = snapshots.prune(&keep)?;
+                    let swept = snapshots.sweep(true)?;
+                    kiln::lease::remove_dead_leases(&root);
+                    Ok::<_, kiln::layer::LayerError>((pruned, swept))
+                })??;
             println!(
                 "removed {} blobs, {} snapshots and {} leftover temp files/dirs, {} bytes freed",
                 r.blobs_removed,
-                removed,
+                removed.len(),
                 r.temp_files_removed + scratch as u64,
-                r.bytes_freed
+                r.bytes_freed + snap_bytes + scratch_bytes
             );
             Ok(())
         }

@@ -889,35 +889,39 @@ fn a_killed_build_leaves_a_readable_store_and_prune_cleans_up() {
     }
 }
 
-#[test]
-fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
-    const T: &str = "a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process";
-    let Some(a) = Arena::new(T) else {
-        return;
-    };
+/// Starts `kiln build` of a RUN that writes 16 MiB and then sleeps, with `TMPDIR` at
+/// `host_tmp`, and SIGKILLs kiln once the RUN is running. Checks that the RUN's processes and
+/// kiln's mounts die with it, and returns when.
+fn kill_during_a_long_run(a: &Arena, host_tmp: &Path) -> Instant {
     let marker = unique("long-run");
     let sleep = format!("sleep {}", 3000 + std::process::id() % 7919);
-    let dir = a.path().join("long");
-    std::fs::create_dir(&dir).unwrap();
+    let ctx = tempfile::tempdir().unwrap();
+    let dir = ctx.path();
     std::fs::write(
         dir.join("Dockerfile"),
-        format!("FROM busybox\nRUN echo first > /first\nRUN {sleep}; : {marker}\n"),
+        format!(
+            "FROM busybox\nRUN echo first > /first\n\
+             RUN head -c 16777216 /dev/urandom > /big && echo written && {sleep}; : {marker}\n"
+        ),
     )
     .unwrap();
     let mounts_before = kiln_mounts(&[]);
-    let before = a.snapshot();
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("kiln"))
         .arg("--root")
         .arg(a.store())
         .args(["build", "-t", "long:1", "--progress=plain"])
-        .arg(&dir)
+        .arg(dir)
+        .env("TMPDIR", host_tmp)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the RUN is running, then SIGKILL kiln.
+    // Wait until the RUN sleeps (its 16 MiB written), then SIGKILL kiln.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while procs_with(&marker).is_empty() {
+    while !procs_with(&sleep).iter().any(|p| {
+        p.split_once(": ")
+            .is_some_and(|(_, cmd)| cmd.starts_with("sleep "))
+    }) {
         if let Some(st) = child.try_wait().unwrap() {
             let mut err = String::new();
             std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
@@ -949,11 +953,50 @@ fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
         .cloned()
         .collect();
     assert!(new_mounts.is_empty(), "mounts left: {new_mounts:?}");
+    killed_at
+}
+
+/// What killed builds leave in the store: entries of `kiln/tmp/` and the RUN scratch
+/// directories (`snapshots/.scratch-*`), with the bytes they hold.
+fn leftovers(store: &Path) -> (Vec<String>, u64) {
+    let mut names = Vec::new();
+    for (dir, pick) in [("kiln/tmp", ""), ("snapshots", ".scratch-")] {
+        for e in std::fs::read_dir(store.join(dir)).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            if name.starts_with(pick) {
+                names.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    let du = Command::new("du")
+        .arg("-sb")
+        .args(names.iter().map(|n| store.join(n)))
+        .output()
+        .unwrap();
+    let bytes = String::from_utf8_lossy(&du.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    (names, bytes)
+}
+
+#[test]
+fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
+    const T: &str = "a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process";
+    let Some(a) = Arena::new(T) else {
+        return;
+    };
+    // kiln's TMPDIR is inside the arena, so writing there counts as writing outside the store.
+    let host_tmp = a.path().join("host-tmp");
+    std::fs::create_dir(&host_tmp).unwrap();
+    let before = a.snapshot();
+
+    kill_during_a_long_run(&a, &host_tmp);
     a.assert_store_ok();
     assert_eq!(
         a.snapshot(),
         before,
-        "the killed build wrote outside the store"
+        "the killed build wrote outside the store (host-tmp is its TMPDIR)"
     );
     let out = common::kiln()
         .arg("--root")
@@ -962,7 +1005,13 @@ fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "a killed build left a tag");
-    // The store still builds, RUN included.
+    let (left, bytes) = leftovers(&a.store());
+    assert!(
+        bytes >= 16 << 20,
+        "the killed RUN's upper directory: {left:?} {bytes}"
+    );
+
+    // The next build removes what the killed one left (no prune needed), RUN included.
     let b = build(
         &a.store(),
         &a.ctx(),
@@ -970,10 +1019,17 @@ fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
         &["-t", "app:later"],
     );
     assert_eq!(b.read("later"), "later\n");
+    let (left, bytes) = leftovers(&a.store());
+    assert!(
+        left.is_empty(),
+        "the next build left the killed build's leftovers ({bytes} bytes): {left:?}"
+    );
 
-    // Prune removes what the killed build left in kiln/tmp (overlay upper and work
-    // directories included) once its grace period is over.
-    let tmp = a.store().join("kiln/tmp");
+    // Killed again: `kiln prune` removes the leftovers (overlay upper and work directories
+    // included) and says how many bytes that freed.
+    let killed_at = kill_during_a_long_run(&a, &host_tmp);
+    let (_, bytes) = leftovers(&a.store());
+    assert!(bytes >= 16 << 20, "{bytes}");
     let grace = Duration::from_secs(6);
     if let Some(rest) = grace.checked_sub(killed_at.elapsed()) {
         std::thread::sleep(rest);
@@ -984,18 +1040,23 @@ fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
         .arg("prune")
         .output()
         .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let left: Vec<_> = std::fs::read_dir(&tmp)
-        .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
-        .unwrap_or_default();
-    assert!(
-        left.is_empty(),
-        "kiln prune left temporary files of the killed build in {}: {left:?}",
-        tmp.display()
-    );
+    let freed: u64 = said
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" bytes freed\n")?.parse().ok())
+        .unwrap_or_else(|| panic!("prune said: {said}"));
+    assert!(freed >= 16 << 20, "prune freed {freed} bytes, said: {said}");
+    let (left, _) = leftovers(&a.store());
+    assert!(left.is_empty(), "kiln prune left: {left:?}");
     a.assert_store_ok();
+    assert_eq!(
+        a.snapshot(),
+        before,
+        "something was written outside the store"
+    );
 }

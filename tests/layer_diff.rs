@@ -502,7 +502,7 @@ fn scenario(prefix: OverlayXattrPrefix, as_real_root: bool) {
     assert_eq!(w2.diff_id, w.diff_id);
 
     drop(scratch);
-    assert_eq!(store.prune(&[id1, id2]).unwrap(), vec![w.diff_id]);
+    assert_eq!(store.prune(&[id1, id2]).unwrap().0, vec![w.diff_id]);
     let mut left = store.list().unwrap();
     left.sort();
     let mut want = vec![id1, id2];

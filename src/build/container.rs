@@ -61,7 +61,9 @@ pub fn run_image(store: &Store, opts: &RunImageOptions) -> Result<ExitStatus, Bu
     }
 
     let root = fss.run_root(&fs)?;
+    let scratch = fss.tmpdir("run-")?;
     let mut spec = RunSpec::new(root.rootfs.clone(), args);
+    spec.scratch_dir = Some(scratch.path().to_path_buf());
     spec.env = env;
     spec.cwd = if cc.working_dir.is_empty() {
         "/".into()

@@ -69,9 +69,7 @@ impl Builder<'_> {
             }
         }
 
-        let scratch = tempfile::Builder::new()
-            .prefix("run-")
-            .tempdir_in(self.store.tmp_dir())
+        let scratch = crate::lease::tempdir_in(self.store.root(), self.store.tmp_dir(), "run-")
             .map_err(|e| BuildError::Context {
                 path: self.store.tmp_dir().to_path_buf(),
                 message: format!("creating a temporary directory: {e}"),
@@ -133,6 +131,7 @@ impl Builder<'_> {
 
         let root = self.fss.run_root(&state.fs)?;
         let mut spec = RunSpec::new(root.rootfs.clone(), args.clone());
+        spec.scratch_dir = Some(scratch.path().to_path_buf());
         spec.env = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         spec.cwd = wd.clone();
         spec.uid = user.uid;

@@ -126,17 +126,39 @@ pub struct RunRoot {
     lowers: Vec<PathBuf>,
 }
 
+/// Removes the leftovers of killed kiln processes from the store (directories whose owner's
+/// lease is gone; [`crate::lease`]), so a kill costs disk only until the next build. Directories
+/// of builds that are still running are left alone; when another process is sweeping, this one
+/// does not wait. Returns the bytes freed.
+pub fn sweep_leftovers(store: &Store) -> Result<u64, StageFsError> {
+    let root = store.root();
+    let Some(_sweeping) = crate::lease::try_sweep_lock(root).map_err(io(format!(
+        "locking {}",
+        root.join("kiln/sweep.lock").display()
+    )))?
+    else {
+        return Ok(0);
+    };
+    let (_, temp_bytes) = store.sweep_temp(false)?;
+    let (_, scratch_bytes) = SnapshotStore::new(root)?.sweep(false)?;
+    crate::lease::remove_dead_leases(root);
+    Ok(temp_bytes + scratch_bytes)
+}
+
 impl<'a> Filesystems<'a> {
     /// The store's filesystems, on the snapshotter [`choose`] picks (probed in the store's
     /// temp directory, so on the file system the snapshots live on).
+    ///
+    /// It first removes what killed builds left in the store (their scratch directories, RUN
+    /// upper directories and temp files): see [`sweep_leftovers`].
     pub fn new(store: &'a Store, single_id: bool) -> Result<Self, StageFsError> {
-        let probe = tempfile::Builder::new()
-            .prefix("probe-")
-            .tempdir_in(store.tmp_dir())
-            .map_err(io(format!(
+        sweep_leftovers(store)?;
+        let probe = crate::lease::tempdir_in(store.root(), store.tmp_dir(), "probe-").map_err(
+            io(format!(
                 "creating a temporary directory in {}",
                 store.tmp_dir().display()
-            )))?;
+            )),
+        )?;
         let snapshotter = choose(probe.path());
         drop(probe);
         let apply = ApplyOptions {
@@ -163,14 +185,15 @@ impl<'a> Filesystems<'a> {
         })
     }
 
-    fn tmpdir(&self, prefix: &str) -> Result<tempfile::TempDir, StageFsError> {
-        tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(self.store.tmp_dir())
-            .map_err(io(format!(
+    /// A new directory in the store's temp directory, owned by this process's lease (so the
+    /// next build removes it if this one is killed), removed when dropped.
+    pub fn tmpdir(&self, prefix: &str) -> Result<tempfile::TempDir, StageFsError> {
+        crate::lease::tempdir_in(self.store.root(), self.store.tmp_dir(), prefix).map_err(io(
+            format!(
                 "creating a temporary directory in {}",
                 self.store.tmp_dir().display()
-            )))
+            ),
+        ))
     }
 
     /// A stage on `layers` (with `diff_ids`, base first).

@@ -161,6 +161,11 @@ pub struct RunSpec {
     /// Host file bound read-only at `/etc/resolv.conf`; `None`: the host's `/etc/resolv.conf`
     /// (an empty file if the host has none).
     pub resolv_conf: Option<PathBuf>,
+    /// Where the sandbox makes its own few files (the root's mount point, the generated
+    /// `/etc/hosts` and `/etc/hostname`), in a new directory removed when the run ends. kiln
+    /// passes a directory of its store, so a killed run leaves nothing outside the store;
+    /// `None`: the system's temp directory.
+    pub scratch_dir: Option<PathBuf>,
 }
 
 impl RunSpec {
@@ -180,6 +185,7 @@ impl RunSpec {
             mounts: Vec::new(),
             hosts: None,
             resolv_conf: None,
+            scratch_dir: None,
         }
     }
 }
@@ -327,10 +333,13 @@ pub fn spawn(spec: &RunSpec) -> Result<Running, ExecError> {
     if !euid.is_root() {
         return Err(ExecError::NotRoot(euid.as_raw()));
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("kiln-run-")
-        .tempdir()
-        .map_err(|e| ExecError::sys("create a temporary directory", e))?;
+    let mut tmp = tempfile::Builder::new();
+    tmp.prefix("kiln-run-");
+    let tmp = match &spec.scratch_dir {
+        Some(dir) => tmp.tempdir_in(dir),
+        None => tmp.tempdir(),
+    }
+    .map_err(|e| ExecError::sys("create a temporary directory", e))?;
     let plan = Plan::build(spec, tmp.path())?;
     let mut slots: Vec<Option<OwnedFd>> = (0..plan.slots).map(|_| None).collect();
 

@@ -948,39 +948,58 @@ impl Store {
         }
         sync_dir(&self.blobs)?;
 
+        let (removed, bytes) = self.sweep_temp(true)?;
+        report.temp_files_removed += removed;
+        report.bytes_freed += bytes;
+        Ok(report)
+    }
+
+    /// Removes what killed processes left in `kiln/tmp/`: directories whose owner's lease is
+    /// gone (see [`crate::lease`]) and temp files nobody holds locked (older than a few seconds:
+    /// the moment between creating one and locking it). Safe while other builds run. With
+    /// `unowned`, also directories without a lease token (from an older kiln): only while no
+    /// other process has the store open. Returns how many entries went and the bytes freed.
+    pub fn sweep_temp(&self, unowned: bool) -> Result<(u64, u64), ImageError> {
         let now = SystemTime::now();
+        let (mut removed, mut bytes) = (0, 0);
         let rd = fs::read_dir(&self.tmp).map_err(|e| ImageError::io("listing", &self.tmp, e))?;
         for ent in rd {
             let ent = ent.map_err(|e| ImageError::io("listing", &self.tmp, e))?;
             let path = ent.path();
             let Ok(md) = ent.metadata() else { continue };
+            if md.is_dir() {
+                let name = ent.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let prefix = name.find('-').map_or(name, |i| &name[..=i]);
+                let dead = match crate::lease::owner(&self.root, name, prefix) {
+                    crate::lease::Owner::Dead => true,
+                    crate::lease::Owner::Unknown => unowned,
+                    crate::lease::Owner::Alive => false,
+                };
+                if dead {
+                    let size = crate::layer::tree_bytes(&path);
+                    if crate::layer::remove_tree_in_place(&path).is_ok() {
+                        removed += 1;
+                        bytes += size;
+                    }
+                }
+                continue;
+            }
             let young = md
                 .modified()
                 .ok()
                 .and_then(|m| now.duration_since(m).ok())
                 .is_none_or(|age| age < TEMP_GRACE);
-            if young {
-                continue;
-            }
-            // Directories are builds' stage filesystems. Prune holds the store's gc lock
-            // exclusively, so no other kiln process is using them: they were left by a killed
-            // build.
-            if md.is_dir() {
-                if crate::layer::remove_tree_in_place(&path).is_ok() {
-                    report.temp_files_removed += 1;
-                }
-                continue;
-            }
-            if !md.is_file() {
+            if young || !md.is_file() {
                 continue;
             }
             let Ok(f) = File::open(&path) else { continue };
             if f.try_lock().is_ok() && fs::remove_file(&path).is_ok() {
-                report.temp_files_removed += 1;
-                report.bytes_freed += md.len();
+                removed += 1;
+                bytes += std::os::unix::fs::MetadataExt::blocks(&md) * 512;
             }
         }
-        Ok(report)
+        Ok((removed, bytes))
     }
 }
 

@@ -87,7 +87,7 @@ pub use entry::{
     compare_layer_paths, scan_dir,
 };
 pub use overlay::{OverlayXattrPrefix, WhiteoutMode};
-pub use snapshot::{Ensured, ScratchDir, SnapshotStore, remove_tree_in_place};
+pub use snapshot::{Ensured, ScratchDir, SnapshotStore, remove_tree_in_place, tree_bytes};
 pub use tree::{copy_tree, diff_trees};
 pub use write::{
     Compression, LayerWriter, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD,

@@ -23,6 +23,8 @@ use super::overlay::{OverlayXattrPrefix, WhiteoutMode};
 /// mount must not be removed ([`prune`](Self::prune) keeps what it is told to).
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
+    /// The image store this belongs to (its leases tell whose scratch directories are whose).
+    store: PathBuf,
     root: PathBuf,
     xattr_prefix: OverlayXattrPrefix,
     apply: ApplyOptions,
@@ -56,6 +58,7 @@ impl SnapshotStore {
         fs::create_dir_all(&root)
             .map_err(|e| LayerError::entry(&root, "creating the snapshot directory", e))?;
         Ok(SnapshotStore {
+            store: store.to_path_buf(),
             root,
             xattr_prefix: OverlayXattrPrefix::detect(),
             apply: ApplyOptions::default(),
@@ -178,7 +181,9 @@ impl SnapshotStore {
     /// for a step's overlay `upperdir` and `workdir`: make both inside it, and hand the upper one
     /// to [`adopt`](Self::adopt). Removed when dropped (what was adopted is gone from it by then).
     pub fn scratch(&self) -> Result<ScratchDir, LayerError> {
-        Ok(ScratchDir(TempDir::new(&self.root, ".scratch-")?))
+        let t = crate::lease::tempdir_in(&self.store, &self.root, SCRATCH_PREFIX)
+            .map_err(|e| LayerError::entry(&self.root, "creating a temporary directory", e))?;
+        Ok(ScratchDir(TempDir(t.keep(), true)))
     }
 
     /// Makes the finished upper directory `upper` of a step the snapshot of its layer `diff_id`
@@ -225,13 +230,13 @@ impl SnapshotStore {
             }
         }
         if self.contains(diff_id) {
-            remove_tree(upper, &self.root)?;
+            self.remove_tree(upper)?;
             return Ok(dst);
         }
         match rename_noreplace(upper, &dst) {
             Ok(()) => Ok(dst),
             Err(e) if is_exists(&e) => {
-                remove_tree(upper, &self.root)?;
+                self.remove_tree(upper)?;
                 Ok(dst)
             }
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
@@ -256,7 +261,7 @@ impl SnapshotStore {
         if !self.contains(diff_id) {
             return Ok(false);
         }
-        remove_tree(&p, &self.root)?;
+        self.remove_tree(&p)?;
         Ok(true)
     }
 
@@ -281,55 +286,102 @@ impl SnapshotStore {
         Ok(out)
     }
 
-    /// Removes the scratch directories ([`scratch`](Self::scratch)) of steps that were killed.
-    /// Only call it when no other process uses the store (it cannot tell a running step's
-    /// scratch from a dead one's): under `image::Store::while_exclusive`. Returns how many.
-    pub fn prune_scratch(&self) -> Result<usize, LayerError> {
+    /// Removes what killed processes left in the snapshot directory: step scratch directories
+    /// ([`scratch`](Self::scratch)) and half-deleted trees whose owner's lease is gone, and
+    /// interrupted unpacks whose lock nobody holds. Safe while other builds run (their
+    /// directories are alive). With `unowned`, also directories that carry no lease token (left
+    /// by an older kiln): only when no other process has the store open. Returns how many
+    /// directories went and the bytes that freed.
+    pub fn sweep(&self, unowned: bool) -> Result<(usize, u64), LayerError> {
         let rd = fs::read_dir(&self.root)
             .map_err(|e| LayerError::entry(&self.root, "reading the snapshot directory", e))?;
-        let mut removed = 0;
-        for de in rd {
-            let de =
-                de.map_err(|e| LayerError::entry(&self.root, "reading the snapshot directory", e))?;
-            if de.file_name().to_string_lossy().starts_with(".scratch-") {
-                remove_tree_in_place(&de.path())?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Removes every snapshot not in `keep`, the leftovers of removals, and the temporary
-    /// directories of unpacks that were interrupted (those whose lock nobody holds). Scratch
-    /// directories of running steps are left alone. Returns the diffIDs removed.
-    ///
-    /// A snapshot still used as a lower directory of a mount must be in `keep`.
-    pub fn prune(&self, keep: &[DiffId]) -> Result<Vec<DiffId>, LayerError> {
-        let mut removed = Vec::new();
-        for id in self.list()? {
-            if !keep.contains(&id) && self.remove(&id)? {
-                removed.push(id);
-            }
-        }
-        let rd = fs::read_dir(&self.root)
-            .map_err(|e| LayerError::entry(&self.root, "reading the snapshot directory", e))?;
+        let (mut removed, mut bytes) = (0, 0);
         for de in rd {
             let de =
                 de.map_err(|e| LayerError::entry(&self.root, "reading the snapshot directory", e))?;
             let name = de.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with(".trash-") {
-                remove_tree_in_place(&de.path())?;
-            } else if let Some(rest) = name.strip_prefix(".tmp-") {
+            let dead = if let Some(rest) = name.strip_prefix(".tmp-") {
                 let hex = rest.split('-').next().unwrap_or("");
                 let lock_path = self.root.join(format!(".{hex}.lock"));
-                if let Some(_lock) = Lock::try_exclusive(&lock_path)? {
-                    remove_tree_in_place(&de.path())?;
-                }
+                Lock::try_exclusive(&lock_path)?.is_some()
+            } else {
+                [SCRATCH_PREFIX, TRASH_PREFIX].iter().any(|prefix| {
+                    name.starts_with(prefix)
+                        && match crate::lease::owner(&self.store, name, prefix) {
+                            crate::lease::Owner::Dead => true,
+                            crate::lease::Owner::Unknown => unowned,
+                            crate::lease::Owner::Alive => false,
+                        }
+                })
+            };
+            if dead {
+                bytes += tree_bytes(&de.path());
+                remove_tree_in_place(&de.path())?;
+                removed += 1;
             }
         }
-        Ok(removed)
+        Ok((removed, bytes))
     }
+
+    /// Removes every snapshot not in `keep` and returns the diffIDs removed with the bytes that
+    /// freed. [`sweep`](Self::sweep) removes the leftovers of killed processes.
+    ///
+    /// A snapshot still used as a lower directory of a mount must be in `keep`.
+    pub fn prune(&self, keep: &[DiffId]) -> Result<(Vec<DiffId>, u64), LayerError> {
+        let (mut removed, mut bytes) = (Vec::new(), 0);
+        for id in self.list()? {
+            if keep.contains(&id) {
+                continue;
+            }
+            let size = tree_bytes(&self.path(&id));
+            if self.remove(&id)? {
+                removed.push(id);
+                bytes += size;
+            }
+        }
+        Ok((removed, bytes))
+    }
+
+    /// Removes a directory tree atomically as seen from the store: renamed to a `.trash-*`
+    /// directory of this process's lease first, then deleted (a kill in between leaves a
+    /// leftover that [`sweep`](Self::sweep) knows is dead).
+    fn remove_tree(&self, path: &Path) -> Result<(), LayerError> {
+        let trash = crate::lease::tempdir_in(&self.store, &self.root, TRASH_PREFIX)
+            .map_err(|e| LayerError::entry(&self.root, "creating a temporary directory", e))?
+            .keep();
+        let target = trash.join("t");
+        fs::rename(path, &target)
+            .map_err(|e| LayerError::entry(path, "moving away to delete", e))?;
+        remove_tree_in_place(&trash)
+    }
+}
+
+/// Name prefixes of the directories made in the snapshot directory for steps and removals.
+const SCRATCH_PREFIX: &str = ".scratch-";
+const TRASH_PREFIX: &str = ".trash-";
+
+/// The bytes a tree takes on disk (allocated blocks, each inode once): what removing it frees.
+pub fn tree_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(md) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.nlink() > 1 && !md.is_dir() && !seen.insert((md.dev(), md.ino())) {
+            continue;
+        }
+        total += md.blocks() * 512;
+        if md.is_dir()
+            && let Ok(rd) = fs::read_dir(&p)
+        {
+            stack.extend(rd.flatten().map(|de| de.path()));
+        }
+    }
+    total
 }
 
 /// A directory from [`SnapshotStore::scratch`], removed with its contents when dropped.
@@ -499,19 +551,6 @@ fn remove_if_present(path: &Path) -> Result<(), LayerError> {
     }
 }
 
-/// Removes a directory tree atomically as seen from the store: renamed to `.trash-*` in `root`
-/// first, then deleted.
-fn remove_tree(path: &Path, root: &Path) -> Result<(), LayerError> {
-    let trash = tempfile::Builder::new()
-        .prefix(".trash-")
-        .tempdir_in(root)
-        .map_err(|e| LayerError::entry(root, "creating a temporary directory", e))?
-        .keep();
-    let target = trash.join("t");
-    fs::rename(path, &target).map_err(|e| LayerError::entry(path, "moving away to delete", e))?;
-    remove_tree_in_place(&trash)
-}
-
 /// Removes a directory tree, making directories writable first where that is needed (a layer
 /// can hold read-only directories, which stop an unprivileged delete).
 pub fn remove_tree_in_place(path: &Path) -> Result<(), LayerError> {
@@ -662,12 +701,13 @@ mod tests {
         assert_eq!(store.adopt(&id, &upper2, &Default::default()).unwrap(), p);
         assert!(!upper2.exists());
 
-        // An interrupted unpack leaves a temporary directory: prune removes it.
+        // An interrupted unpack leaves a temporary directory: the sweep removes it.
         let stale = store.root().join(format!(".tmp-{}-xyz", id.hex()));
         fs::create_dir_all(stale.join("a")).unwrap();
         let other = DiffId::of(b"other");
         fs::create_dir_all(store.path(&other)).unwrap();
-        assert_eq!(store.prune(&[id]).unwrap(), vec![other]);
+        assert_eq!(store.prune(&[id]).unwrap().0, vec![other]);
+        assert_eq!(store.sweep(false).unwrap().0, 1);
         assert!(!stale.exists());
         assert!(store.contains(&id));
         drop(scratch);
