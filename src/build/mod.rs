@@ -14,7 +14,8 @@ pub mod mounts;
 pub mod run;
 pub mod stagefs;
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,7 +26,7 @@ use crate::context::{ContextFilter, WalkOptions, read_ignore_file};
 use crate::dockerfile::instructions::{
     self, Command, CommandLine, Dockerfile, HealthCheck, Instruction, Parsed,
 };
-use crate::dockerfile::shell::Lexer;
+use crate::dockerfile::shell::{Budget, Lexer};
 use crate::dockerfile::{self as df_mod};
 use crate::exec::Network;
 use crate::image::config::{ContainerConfig, Empty, Healthcheck, History, format_rfc3339};
@@ -153,6 +154,9 @@ struct StageState {
     config: ImageConfig,
     layers: Vec<Descriptor>,
     scope: Scope,
+    /// Where each variable of `config`'s `Env` list is, so ENV updates in place without a
+    /// scan (a stage may have many thousands of ENV lines).
+    env_index: HashMap<String, usize>,
     /// CMD was set in this stage (ENTRYPOINT then keeps it).
     cmd_set: bool,
 }
@@ -203,6 +207,7 @@ pub fn build(
         file,
         filter,
         lexer: Lexer::new(df.escape),
+        budget: Budget::new(),
         stages: BTreeMap::new(),
         images: BTreeMap::new(),
         steps: Vec::new(),
@@ -289,6 +294,8 @@ struct Builder<'a> {
     file: String,
     filter: ContextFilter,
     lexer: Lexer,
+    /// What variable expansion may still produce: per instruction and for the whole build.
+    budget: Budget,
     /// Finished stages (kept for `FROM <stage>` and `COPY --from`).
     stages: BTreeMap<usize, StageState>,
     /// Filesystems of images read by `COPY --from=<image>` and `RUN --mount=from=<image>`.
@@ -389,11 +396,13 @@ impl Builder<'_> {
             })
             .unwrap_or_default();
         let scope = Scope::for_stage(&self.graph.global_scope).with_env(env);
+        let env_index = env_index(&config);
         let mut state = StageState {
             fs,
             config,
             layers,
             scope,
+            env_index,
             cmd_set: false,
         };
         self.finish_step(
@@ -526,8 +535,8 @@ impl Builder<'_> {
     ) -> Result<String, BuildError> {
         state
             .scope
-            .expand(&self.lexer, word)
-            .map_err(|m| self.step_error(inst, format!("failed to process {word:?}: {m}")))
+            .expand(&self.lexer, &self.budget, word)
+            .map_err(|m| self.step_error(inst, m))
     }
 
     /// Runs one instruction. Returns the layer it wrote, if any.
@@ -537,6 +546,7 @@ impl Builder<'_> {
         inst: &Instruction,
     ) -> Result<Option<Descriptor>, BuildError> {
         let created_by = inst.original.trim().to_string();
+        self.budget.next_instruction();
         match &inst.command {
             Command::Run(r) => self.run(state, inst, r),
             Command::Env { vars } => {
@@ -545,7 +555,12 @@ impl Builder<'_> {
                     let key = self.expand(state, inst, &kv.key)?;
                     let value = self.expand(state, inst, &kv.value)?;
                     state.scope.assign_env(&key, &value);
-                    set_env(state.config.container_config_mut(), &key, &value);
+                    set_env(
+                        state.config.container_config_mut(),
+                        &mut state.env_index,
+                        &key,
+                        &value,
+                    );
                     assigned.push(format!("{key}={value}"));
                 }
                 self.history(state, format!("ENV {}", assigned.join(" ")), true);
@@ -577,7 +592,7 @@ impl Builder<'_> {
                 for decl in args {
                     state
                         .scope
-                        .declare_arg(&self.lexer, decl, build_args)
+                        .declare_arg(&self.lexer, &self.budget, decl, build_args)
                         .map_err(|m| self.step_error(inst, m))?;
                     match &decl.value {
                         Some(v) => shown.push(format!("{}={v}", decl.key)),
@@ -608,7 +623,7 @@ impl Builder<'_> {
                     // BuildKit expands EXPOSE with word splitting: `$PORTS` may hold several.
                     let words = self
                         .lexer
-                        .process_words(p, &state.scope)
+                        .process_words_in(p, &state.scope, &self.budget)
                         .map_err(|e| self.step_error(inst, e.to_string()))?;
                     for port in &words {
                         let port = normalize_port(port).map_err(|m| self.step_error(inst, m))?;
@@ -801,7 +816,7 @@ impl Builder<'_> {
             .map(|c| {
                 let data = if c.expand {
                     lexer
-                        .process_word(&c.data, &state.scope)
+                        .process_word_in(&c.data, &state.scope, &self.budget)
                         .map_err(|e| self.step_error(inst, e.to_string()))?
                 } else {
                     c.data.clone()
@@ -963,15 +978,30 @@ fn workdir(state: &StageState) -> String {
     }
 }
 
-fn set_env(cc: &mut ContainerConfig, key: &str, value: &str) {
+/// The name of an `Env` entry: up to the first `=`, or all of it.
+fn env_name(entry: &str) -> &str {
+    entry.split_once('=').map_or(entry, |(k, _)| k)
+}
+
+/// Positions of the config's `Env` entries by name (the first of a repeated name, which is
+/// the one ENV replaces).
+fn env_index(config: &ImageConfig) -> HashMap<String, usize> {
+    let mut index = HashMap::new();
+    for (i, e) in config.config.iter().flat_map(|c| &c.env).enumerate() {
+        index.entry(env_name(e).to_string()).or_insert(i);
+    }
+    index
+}
+
+/// ENV: replaces the variable's entry in place, or appends it.
+fn set_env(cc: &mut ContainerConfig, index: &mut HashMap<String, usize>, key: &str, value: &str) {
     let entry = format!("{key}={value}");
-    match cc
-        .env
-        .iter_mut()
-        .find(|e| e.split_once('=').map(|(k, _)| k) == Some(key) || e.as_str() == key)
-    {
-        Some(slot) => *slot = entry,
-        None => cc.env.push(entry),
+    match index.entry(key.to_string()) {
+        Entry::Occupied(slot) => cc.env[*slot.get()] = entry,
+        Entry::Vacant(slot) => {
+            slot.insert(cc.env.len());
+            cc.env.push(entry);
+        }
     }
 }
 

@@ -14,11 +14,17 @@
 //!
 //! * `${…}` forms nested deeper than [`MAX_NESTING`] levels fail with
 //!   [`ShellError::TooDeep`] instead of recursing without bound (Go grows its stacks, we do not).
+//! * What expansion may produce is bounded ([`Budget`]): a word expands to at most
+//!   [`MAX_WORD`] bytes (or its own written length, if longer), and the variable values one
+//!   instruction and one whole build substitute are limited too. BuildKit has no limit, so nine
+//!   lines of `ARG B=$A$A$A…` can make it (and made kiln) take gigabytes; no real Dockerfile
+//!   comes near these limits.
 //! * A word split by [`Lexer::process_words`] keeps the text in front of a `${name<op>word}`
 //!   form. (Recent BuildKit shares one scratch buffer between nested scans, so
 //!   `a${X:-b}c` splits to `bc` there although it expands to `abc`; that is an accident of an
 //!   optimisation, not a rule, and we do not copy it.)
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
 use std::sync::LazyLock;
@@ -27,6 +33,73 @@ use regex::{Regex, RegexBuilder};
 
 /// How deeply `${name<op>word}` forms may nest inside each other's `word`.
 pub const MAX_NESTING: usize = 128;
+
+/// The most bytes one word may expand to (unless it is longer as written: literal text is
+/// never refused). Checked as the word is built, so a larger string is never made.
+pub const MAX_WORD: usize = 1 << 20;
+
+/// The most bytes of variable values (and pattern-substitution results) one instruction may
+/// substitute, over all its words. Bounds the work and memory of an instruction whose words
+/// each stay under [`MAX_WORD`].
+pub const MAX_INSTRUCTION: usize = 4 << 20;
+
+/// The most bytes of variable values one build (or one plan) may substitute over all its
+/// instructions: what stays in memory (scopes, config, history) is bounded by this and the
+/// Dockerfile's own size.
+pub const MAX_TOTAL: usize = 64 << 20;
+
+/// How much expansion may still substitute, for one instruction and for the whole run. Shared
+/// by reference between the scans of one instruction; [`next_instruction`](Self::next_instruction)
+/// starts the next one.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    instruction_left: Cell<usize>,
+    total_left: Cell<usize>,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            instruction_left: Cell::new(MAX_INSTRUCTION),
+            total_left: Cell::new(MAX_TOTAL),
+        }
+    }
+}
+
+impl Budget {
+    /// A fresh budget for a build or plan ([`MAX_INSTRUCTION`], [`MAX_TOTAL`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts the next instruction: its own [`MAX_INSTRUCTION`], within what the run has left.
+    pub fn next_instruction(&self) {
+        self.instruction_left.set(MAX_INSTRUCTION);
+    }
+
+    /// Takes `bytes` of substituted text from the budget, or says which limit it would pass.
+    fn spend(&self, bytes: usize) -> Result<(), ShellError> {
+        let (instruction, total) = (self.instruction_left.get(), self.total_left.get());
+        if bytes > instruction {
+            return Err(ShellError::InstructionTooLarge(MAX_INSTRUCTION));
+        }
+        if bytes > total {
+            return Err(ShellError::TotalTooLarge(MAX_TOTAL));
+        }
+        self.instruction_left.set(instruction - bytes);
+        self.total_left.set(total - bytes);
+        Ok(())
+    }
+}
+
+/// `n` bytes the way the size errors say it: `1 MiB`, or a byte count.
+fn show_size(n: &usize) -> String {
+    if n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} bytes")
+    }
+}
 
 /// What Go prints for a rune that is not there (end of input formatted with `%c`/`string(r)`).
 const NO_RUNE: char = '\u{FFFD}';
@@ -127,6 +200,30 @@ pub enum ShellError {
     /// `${…}` forms nested deeper than [`MAX_NESTING`] levels (kiln's own limit).
     #[error("syntax error: substitutions nested deeper than {0} levels")]
     TooDeep(usize),
+    /// The word would expand to more than [`MAX_WORD`] bytes (kiln's own limit).
+    #[error("expands to more than {} (kiln's limit for one value)", show_size(.0))]
+    WordTooLarge(usize),
+    /// The instruction's words would substitute more than [`MAX_INSTRUCTION`] bytes of
+    /// variable values (kiln's own limit).
+    #[error("variables expand to more than {} in this instruction (kiln's limit)", show_size(.0))]
+    InstructionTooLarge(usize),
+    /// The build would substitute more than [`MAX_TOTAL`] bytes of variable values (kiln's own
+    /// limit).
+    #[error("variables expand to more than {} in this build (kiln's limit)", show_size(.0))]
+    TotalTooLarge(usize),
+}
+
+impl ShellError {
+    /// One of kiln's own size or nesting limits, not a syntax error of the word.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            Self::TooDeep(_)
+                | Self::WordTooLarge(_)
+                | Self::InstructionTooLarge(_)
+                | Self::TotalTooLarge(_)
+        )
+    }
 }
 
 /// The result of [`Lexer::process_word_with_matches`].
@@ -173,9 +270,21 @@ impl Lexer {
         }
     }
 
-    /// Expand variables and remove quotes; whitespace is kept as it is.
+    /// Expand variables and remove quotes; whitespace is kept as it is. Bounded by a fresh
+    /// [`Budget`].
     pub fn process_word(&self, word: &str, env: &dyn Env) -> Result<String, ShellError> {
-        Ok(self.run(word, env)?.0.value)
+        self.process_word_in(word, env, &Budget::new())
+    }
+
+    /// [`process_word`](Self::process_word) within the caller's `budget` (shared by the words
+    /// of an instruction and the instructions of a build).
+    pub fn process_word_in(
+        &self,
+        word: &str,
+        env: &dyn Env,
+        budget: &Budget,
+    ) -> Result<String, ShellError> {
+        Ok(self.run(word, env, budget, false)?.0.value)
     }
 
     /// Like [`process_word`](Self::process_word), and also report which variables were
@@ -185,7 +294,7 @@ impl Lexer {
         word: &str,
         env: &dyn Env,
     ) -> Result<Expansion, ShellError> {
-        Ok(self.run(word, env)?.0)
+        Ok(self.run(word, env, &Budget::new(), false)?.0)
     }
 
     /// Expand and split into words on unquoted whitespace. Whitespace that comes out of an
@@ -193,14 +302,33 @@ impl Lexer {
     /// dropped (`""` alone gives no word). `<<` and the blanks after it stay glued to the next
     /// word, so `<<  EOF` is one word.
     pub fn process_words(&self, word: &str, env: &dyn Env) -> Result<Vec<String>, ShellError> {
-        Ok(self.run(word, env)?.1)
+        self.process_words_in(word, env, &Budget::new())
     }
 
-    fn run(&self, word: &str, env: &dyn Env) -> Result<(Expansion, Vec<String>), ShellError> {
+    /// [`process_words`](Self::process_words) within the caller's `budget`.
+    pub fn process_words_in(
+        &self,
+        word: &str,
+        env: &dyn Env,
+        budget: &Budget,
+    ) -> Result<Vec<String>, ShellError> {
+        Ok(self.run(word, env, budget, true)?.1)
+    }
+
+    fn run(
+        &self,
+        word: &str,
+        env: &dyn Env,
+        budget: &Budget,
+        split: bool,
+    ) -> Result<(Expansion, Vec<String>), ShellError> {
         let src: Vec<char> = word.chars().collect();
         let mut scan = Scan {
             lexer: self,
             env,
+            budget,
+            split,
+            max_len: MAX_WORD.max(word.len()),
             // Go's text/scanner silently skips a byte-order mark at the very start.
             pos: usize::from(src.first() == Some(&'\u{FEFF}')),
             src,
@@ -225,11 +353,16 @@ struct Words {
     current: String,
     done: Vec<String>,
     in_word: bool,
+    /// Nobody asked for the words (a nested scan, or `process_word`): skip the copy.
+    off: bool,
 }
 
 impl Words {
     /// An unquoted character: whitespace ends the current word.
     fn add_char(&mut self, c: char) {
+        if self.off {
+            return;
+        }
         if c.is_whitespace() {
             if self.in_word && !self.current.is_empty() {
                 self.done.push(std::mem::take(&mut self.current));
@@ -241,17 +374,26 @@ impl Words {
     }
 
     fn add_raw_char(&mut self, c: char) {
+        if self.off {
+            return;
+        }
         self.current.push(c);
         self.in_word = true;
     }
 
     /// The value of an unquoted `$` expansion: splits on its whitespace.
     fn add_expanded(&mut self, s: &str) {
+        if self.off {
+            return;
+        }
         s.chars().for_each(|c| self.add_char(c));
     }
 
     /// Quoted text (or a heredoc marker): kept whole, whitespace included.
     fn add_raw_str(&mut self, s: &str) {
+        if self.off {
+            return;
+        }
         self.current.push_str(s);
         self.in_word = true;
     }
@@ -268,6 +410,11 @@ impl Words {
 struct Scan<'a> {
     lexer: &'a Lexer,
     env: &'a dyn Env,
+    budget: &'a Budget,
+    /// Whether the caller wants the words split (`process_words`).
+    split: bool,
+    /// No text built in this scan may grow past this ([`MAX_WORD`], or the word's length).
+    max_len: usize,
     src: Vec<char>,
     pos: usize,
     /// Whether escapes are currently kept; `${X#…}`, `${X%…}` and `${X/…}` switch it on for
@@ -291,7 +438,8 @@ impl Scan<'_> {
         c
     }
 
-    fn lookup(&mut self, name: &str) -> Option<String> {
+    /// A variable's value; its size is taken from the budget (the value is copied).
+    fn lookup(&mut self, name: &str) -> Result<Option<String>, ShellError> {
         let value = self.env.lookup(name);
         let set = if value.is_some() {
             &mut self.matched
@@ -301,7 +449,20 @@ impl Scan<'_> {
         if !set.contains(name) {
             set.insert(name.to_owned());
         }
-        value
+        if let Some(v) = &value {
+            self.budget.spend(v.len())?;
+        }
+        Ok(value)
+    }
+
+    /// Fails once `text` (being built by this scan) is past the word limit. Called after each
+    /// expansion is appended and on every finished text, so a string grows at most one
+    /// appended piece (itself within the limit) plus literal input past it.
+    fn check_len(&self, text: &str) -> Result<(), ShellError> {
+        if text.len() > self.max_len {
+            return Err(ShellError::WordTooLarge(MAX_WORD));
+        }
+        Ok(())
     }
 
     /// Process up to `stop` (consumed) or the end of input when `stop` is `None`, with
@@ -322,11 +483,15 @@ impl Scan<'_> {
         stop: Option<char>,
     ) -> Result<(String, Vec<String>), ShellError> {
         let mut out = String::new();
-        let mut words = Words::default();
+        let mut words = Words {
+            off: !(self.split && self.depth == 0),
+            ..Words::default()
+        };
         let quotes = !self.lexer.skip_process_quotes;
         while let Some(c) = self.peek() {
             if Some(c) == stop {
                 self.pos += 1;
+                self.check_len(&out)?;
                 return Ok((out, words.finish()));
             }
             match c {
@@ -334,6 +499,7 @@ impl Scan<'_> {
                     let value = self.dollar()?;
                     words.add_expanded(&value);
                     out.push_str(&value);
+                    self.check_len(&out)?;
                 }
                 '<' => {
                     let marker = self.possible_heredoc();
@@ -349,6 +515,7 @@ impl Scan<'_> {
                     let text = self.double_quoted()?;
                     words.add_raw_str(&text);
                     out.push_str(&text);
+                    self.check_len(&out)?;
                 }
                 _ => {
                     self.pos += 1;
@@ -370,7 +537,10 @@ impl Scan<'_> {
         }
         match stop {
             Some(s) => Err(ShellError::UnexpectedEnd(s)),
-            None => Ok((out, words.finish())),
+            None => {
+                self.check_len(&out)?;
+                Ok((out, words.finish()))
+            }
         }
     }
 
@@ -412,11 +582,13 @@ impl Scan<'_> {
                     if self.lexer.raw_quotes {
                         out.push('"');
                     }
+                    self.check_len(&out)?;
                     return Ok(out);
                 }
                 Some('$') => {
                     let value = self.dollar()?;
                     out.push_str(&value);
+                    self.check_len(&out)?;
                 }
                 Some(mut c) => {
                     self.pos += 1;
@@ -501,7 +673,7 @@ impl Scan<'_> {
         self.depth -= 1;
         match result {
             Ok((text, _)) => Ok(text),
-            Err(_) if self.peek().is_none() => Err(at_end),
+            Err(e) if self.peek().is_none() && !e.is_limit() => Err(at_end),
             Err(e) => Err(e),
         }
     }
@@ -516,7 +688,7 @@ impl Scan<'_> {
             if name.is_empty() {
                 return Ok("$".to_owned());
             }
-            return Ok(match self.lookup(&name) {
+            return Ok(match self.lookup(&name)? {
                 Some(value) => value,
                 None if skip_unset => format!("${name}"),
                 None => String::new(),
@@ -534,7 +706,7 @@ impl Scan<'_> {
         let mut op_text = String::from(op.unwrap_or(NO_RUNE));
 
         match op {
-            Some('}') => Ok(match self.lookup(&name) {
+            Some('}') => Ok(match self.lookup(&name)? {
                 Some(value) => value,
                 None if skip_unset => format!("${{{name}}}"),
                 None => String::new(),
@@ -553,7 +725,7 @@ impl Scan<'_> {
                 }
                 let word = self.nested('}', pattern_op, ShellError::MissingBrace)?;
 
-                let value = self.lookup(&name);
+                let value = self.lookup(&name)?;
                 if skip_unset && value.is_none() {
                     return Ok(format!("${{{name}{op_text}{word}}}"));
                 }
@@ -597,14 +769,16 @@ impl Scan<'_> {
                 }
                 let pattern = self.nested('/', true, ShellError::MissingSlash)?;
                 let replacement = self.nested('}', true, ShellError::MissingBrace)?;
-                let Some(value) = self.lookup(&name).or((!skip_unset).then(String::new)) else {
+                let Some(value) = self.lookup(&name)?.or((!skip_unset).then(String::new)) else {
                     // BuildKit writes it back with a single `/` even for `//`.
                     return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
                 };
                 let re = pattern_regex(&pattern, true, false)
                     .map_err(|reason| ShellError::InvalidPattern { pattern, reason })?;
-                Ok(if replace_all {
-                    replace_all_like_go(&re, &value, &replacement)
+                let replaced = if replace_all {
+                    // Each match may add the whole replacement: check while building.
+                    replace_all_like_go(&re, &value, &replacement, self.max_len)
+                        .ok_or(ShellError::WordTooLarge(MAX_WORD))?
                 } else {
                     match re.find(&value) {
                         Some(m) => {
@@ -612,7 +786,11 @@ impl Scan<'_> {
                         }
                         None => value,
                     }
-                })
+                };
+                self.check_len(&replaced)?;
+                // New text, not a copy of a looked-up value: it counts against the budget too.
+                self.budget.spend(replaced.len())?;
+                Ok(replaced)
             }
             _ => Err(ShellError::UnsupportedModifier(op_text)),
         }
@@ -741,8 +919,9 @@ fn reverse_pattern(pattern: &str) -> String {
 
 /// Go's `Regexp.ReplaceAllString`: replaces every match, skips an empty match right after the
 /// previous match, and expands `$0`/`${0}` (the match), `$$` (`$`) and other `$name` /
-/// `${name}` references (empty — there are no groups) in the replacement.
-fn replace_all_like_go(re: &Regex, src: &str, template: &str) -> String {
+/// `${name}` references (empty — there are no groups) in the replacement. `None` as soon as
+/// the result grows past `max_len` bytes.
+fn replace_all_like_go(re: &Regex, src: &str, template: &str, max_len: usize) -> Option<String> {
     let mut out = String::with_capacity(src.len());
     let mut last_end = 0;
     let mut search = 0;
@@ -753,6 +932,9 @@ fn replace_all_like_go(re: &Regex, src: &str, template: &str) -> String {
         out.push_str(src.get(last_end..m.start()).unwrap_or_default());
         if m.end() > last_end || m.start() == 0 {
             expand_template(&mut out, template, m.as_str());
+        }
+        if out.len() > max_len {
+            return None;
         }
         last_end = m.end();
         let width = src
@@ -768,7 +950,7 @@ fn replace_all_like_go(re: &Regex, src: &str, template: &str) -> String {
         }
     }
     out.push_str(src.get(last_end..).unwrap_or_default());
-    out
+    Some(out)
 }
 
 /// Go's `Regexp.Expand` for a pattern without groups.
@@ -993,13 +1175,14 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(lx.process_word(input, &e).unwrap(), expected, "{input}");
         }
+        let all = |re: &str, src: &str, template: &str| {
+            replace_all_like_go(&Regex::new(re).unwrap(), src, template, MAX_WORD)
+        };
+        assert_eq!(all("x*", "abc", "-").as_deref(), Some("-a-b-c-"));
+        assert_eq!(all("b*", "abbc", "-").as_deref(), Some("-a-c-"));
         assert_eq!(
-            replace_all_like_go(&Regex::new("x*").unwrap(), "abc", "-"),
-            "-a-b-c-"
-        );
-        assert_eq!(
-            replace_all_like_go(&Regex::new("b*").unwrap(), "abbc", "-"),
-            "-a-c-"
+            replace_all_like_go(&Regex::new("x*").unwrap(), "abc", "-", 5),
+            None
         );
         let mut out = String::new();
         expand_template(&mut out, "$$|$0|${0}|$1|$x|${0|$|$é!", "M");
@@ -1067,6 +1250,64 @@ mod tests {
         // Far too deep: an error, not a stack overflow.
         let deep = "${A:-".repeat(100_000);
         assert!(lx.process_word(&deep, &e).is_err());
+    }
+
+    #[test]
+    fn expansion_is_bounded() {
+        let lx = Lexer::new('\\');
+        let half = "h".repeat(MAX_WORD / 2);
+        let e = env(&[("H", &half), ("M", &"m".repeat(MAX_WORD))]);
+        // Exactly the cap is fine, one byte more is not, however the byte gets there.
+        assert_eq!(lx.process_word("$H$H", &e).unwrap().len(), MAX_WORD);
+        for word in [
+            "$H$H.",
+            "\"$H$H.\"",
+            "${X:-$H$H.}",
+            "$M$H",
+            "${H//h/hhh}",
+            "${H/h/$H..}",
+        ] {
+            assert_eq!(
+                lx.process_word(word, &e),
+                Err(ShellError::WordTooLarge(MAX_WORD)),
+                "{word}"
+            );
+        }
+        assert_eq!(
+            lx.process_words("$H $H.", &e),
+            Err(ShellError::WordTooLarge(MAX_WORD))
+        );
+        // Literal text is never refused, however long.
+        let literal = "y".repeat(MAX_WORD + 10);
+        assert_eq!(lx.process_word(&literal, &e).unwrap(), literal);
+        // Values that are discarded still count: five 1 MiB lookups pass the instruction's 4 MiB.
+        let discarded = "${X+$M}".repeat(5);
+        assert_eq!(
+            lx.process_word(&discarded, &e),
+            Err(ShellError::InstructionTooLarge(MAX_INSTRUCTION))
+        );
+        // A budget spans the words of an instruction and the instructions of a build.
+        let budget = Budget::new();
+        for _ in 0..4 {
+            lx.process_word_in("$M", &e, &budget).unwrap();
+        }
+        assert_eq!(
+            lx.process_word_in("$M", &e, &budget),
+            Err(ShellError::InstructionTooLarge(MAX_INSTRUCTION))
+        );
+        for i in 0..(MAX_TOTAL - MAX_INSTRUCTION) / MAX_WORD {
+            budget.next_instruction();
+            assert!(lx.process_word_in("$M", &e, &budget).is_ok(), "{i}");
+        }
+        budget.next_instruction();
+        assert_eq!(
+            lx.process_word_in("$M", &e, &budget),
+            Err(ShellError::TotalTooLarge(MAX_TOTAL))
+        );
+        assert_eq!(
+            ShellError::TotalTooLarge(MAX_TOTAL).to_string(),
+            "variables expand to more than 64 MiB in this build (kiln's limit)"
+        );
     }
 
     #[test]

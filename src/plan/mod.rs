@@ -10,7 +10,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::dockerfile::instructions::{Command, Dockerfile, parse_mount};
-use crate::dockerfile::shell::Lexer;
+use crate::dockerfile::shell::{Budget, Lexer};
 
 pub use crate::platform::Platform;
 pub use scope::{Scope, predefined_args};
@@ -29,6 +29,11 @@ impl PlanError {
             message: message.into(),
             line: Some(line),
         }
+    }
+
+    /// An error of one instruction, named as the build names it (`ARG A=$B: …`).
+    fn in_instruction(line: usize, original: &str, message: impl std::fmt::Display) -> Self {
+        Self::at(line, format!("{}: {message}", original.trim()))
     }
 }
 
@@ -164,6 +169,8 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
     };
     let build_args: BTreeMap<String, String> = opts.build_args.iter().cloned().collect();
     let lexer = Lexer::new(df.escape);
+    // One expansion budget for the whole plan, renewed per instruction.
+    let budget = Budget::new();
 
     let by_name = |name: &str| -> Option<usize> {
         // A repeated stage name refers to the last stage of that name.
@@ -199,10 +206,13 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
     ));
     for inst in &df.meta_args {
         if let Command::Arg { args } = &inst.command {
+            budget.next_instruction();
             for decl in args {
                 global
-                    .declare_arg(&lexer, decl, &build_args)
-                    .map_err(|m| PlanError::at(inst.location.start_line, m))?;
+                    .declare_arg(&lexer, &budget, decl, &build_args)
+                    .map_err(|m| {
+                        PlanError::in_instruction(inst.location.start_line, &inst.original, m)
+                    })?;
             }
         }
     }
@@ -213,9 +223,10 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
     let mut edges = Vec::new();
     for (index, st) in df.stages.iter().enumerate() {
         let line = st.location.start_line;
+        budget.next_instruction();
         let expanded = global
-            .expand(&lexer, &st.base_name)
-            .map_err(|m| PlanError::at(line, m))?;
+            .expand(&lexer, &budget, &st.base_name)
+            .map_err(|m| PlanError::in_instruction(line, &st.original, m))?;
         if expanded.is_empty() {
             return Err(PlanError::at(
                 line,
@@ -224,10 +235,10 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
         }
         let platform = match &st.platform {
             Some(p) => {
-                let v = global.expand(&lexer, p).map_err(|m| {
+                let v = lexer.process_word_in(p, &global, &budget).map_err(|e| {
                     PlanError::at(
                         line,
-                        format!("failed to process arguments for platform {p}: {m}"),
+                        format!("failed to process arguments for platform {p}: {e}"),
                     )
                 })?;
                 if v.is_empty() {
@@ -367,7 +378,7 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
                 ));
             }
         }
-        check_stage_expansions(df, index, &global, &lexer, &build_args)?;
+        check_stage_expansions(df, index, &global, (&lexer, &budget), &build_args)?;
     }
 
     for s in &mut stages {
@@ -406,27 +417,31 @@ fn check_stage_expansions(
     df: &Dockerfile,
     index: usize,
     global: &Scope,
-    lexer: &Lexer,
+    (lexer, budget): (&Lexer, &Budget),
     build_args: &BTreeMap<String, String>,
 ) -> Result<(), PlanError> {
     let mut scope = Scope::for_stage(global);
     for inst in &df.stages[index].commands {
         let line = inst.location.start_line;
         let err = |m: String| PlanError::at(line, m);
+        let in_inst = |m: String| PlanError::in_instruction(line, &inst.original, m);
+        budget.next_instruction();
         match &inst.command {
             Command::Arg { args } => {
                 for decl in args {
-                    scope.declare_arg(lexer, decl, build_args).map_err(err)?;
+                    scope
+                        .declare_arg(lexer, budget, decl, build_args)
+                        .map_err(in_inst)?;
                 }
             }
             Command::Env { vars } => {
                 for kv in vars {
-                    scope.set_env(lexer, kv).map_err(err)?;
+                    scope.set_env(lexer, budget, kv).map_err(in_inst)?;
                 }
             }
             Command::Run(r) => {
                 for m in &r.mounts {
-                    let expanded = scope.expand(lexer, &m.raw).map_err(err)?;
+                    let expanded = scope.expand(lexer, budget, &m.raw).map_err(in_inst)?;
                     parse_mount(&expanded).map_err(err)?;
                 }
             }

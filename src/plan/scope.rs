@@ -2,10 +2,11 @@
 //! ARGs before the first FROM) and each stage's ARG/ENV scope, where ENV shadows ARG and an
 //! ARG must be (re)declared in the stage to be seen there.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::dockerfile::instructions::{ArgDecl, KeyValue};
-use crate::dockerfile::shell::{Env, Lexer};
+use crate::dockerfile::shell::{Budget, Env, Lexer};
 use crate::platform::Platform;
 
 /// The ARGs BuildKit defines without a declaration: visible to FROM lines, and inside a stage
@@ -43,16 +44,40 @@ pub const PROXY_ARGS: [&str; 10] = [
     "all_proxy",
 ];
 
+/// Variables in the order each name was first set, holding the last value set. Lookups and
+/// assignments are by hash, so a stage's thousandth ENV costs what its first did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Vars {
+    entries: Vec<(String, String)>,
+    index: HashMap<String, usize>,
+}
+
+impl Vars {
+    fn set(&mut self, key: &str, value: &str) {
+        match self.index.entry(key.to_owned()) {
+            Entry::Occupied(slot) => value.clone_into(&mut self.entries[*slot.get()].1),
+            Entry::Vacant(slot) => {
+                slot.insert(self.entries.len());
+                self.entries.push((key.to_owned(), value.to_owned()));
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.index.get(key).map(|&i| self.entries[i].1.as_str())
+    }
+}
+
 /// A variable scope.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scope {
-    /// What expansion sees, in assignment order (the last assignment of a name wins): ENV
-    /// and ARGs with a value both assign, so whichever comes later shadows the other.
-    vars: Vec<(String, String)>,
+    /// What expansion sees (the last assignment of a name wins): ENV and ARGs with a value both
+    /// assign, so whichever comes later shadows the other.
+    vars: Vars,
     /// Declared ARGs in declaration order; `None` when declared without any value.
     args: Vec<(String, Option<String>)>,
-    /// ENV assignments in order (these, not ARGs, go into the image config).
-    env: Vec<(String, String)>,
+    /// ENV as assigned (these, not ARGs, go into the image config).
+    env: Vars,
     /// Values a declaration without default falls back to (predefined, or global ARGs).
     fallback: BTreeMap<String, String>,
     /// In the global scope the predefined args are visible without a declaration.
@@ -61,8 +86,8 @@ pub struct Scope {
 
 impl Env for Scope {
     fn lookup(&self, name: &str) -> Option<String> {
-        if let Some((_, v)) = self.vars.iter().rev().find(|(k, _)| k == name) {
-            return Some(v.clone());
+        if let Some(v) = self.vars.get(name) {
+            return Some(v.to_owned());
         }
         if self.global {
             return self.fallback.get(name).cloned();
@@ -103,15 +128,17 @@ impl Scope {
     /// Seeds ENV (e.g. from the base image's config).
     pub fn with_env(mut self, env: impl IntoIterator<Item = (String, String)>) -> Self {
         for (k, v) in env {
-            self.vars.push((k.clone(), v.clone()));
-            self.env.push((k, v));
+            self.assign_env(&k, &v);
         }
         self
     }
 
-    /// Expands one word (no word splitting) in this scope.
-    pub fn expand(&self, lexer: &Lexer, word: &str) -> Result<String, String> {
-        lexer.process_word(word, self).map_err(|e| e.to_string())
+    /// Expands one word (no word splitting) in this scope, within `budget`. Errors read
+    /// `failed to process "<word>": <why>`, as BuildKit's.
+    pub fn expand(&self, lexer: &Lexer, budget: &Budget, word: &str) -> Result<String, String> {
+        lexer
+            .process_word_in(word, self, budget)
+            .map_err(|e| format!("failed to process {word:?}: {e}"))
     }
 
     /// `ARG key[=default]`: a `--build-arg` wins, then the default (expanded here), then — in
@@ -119,34 +146,35 @@ impl Scope {
     pub fn declare_arg(
         &mut self,
         lexer: &Lexer,
+        budget: &Budget,
         decl: &ArgDecl,
         build_args: &BTreeMap<String, String>,
     ) -> Result<(), String> {
         let value = if let Some(v) = build_args.get(&decl.key) {
             Some(v.clone())
         } else if let Some(d) = &decl.value {
-            Some(self.expand(lexer, d)?)
+            Some(self.expand(lexer, budget, d)?)
         } else {
             self.fallback.get(&decl.key).cloned()
         };
         if let Some(v) = &value {
-            self.vars.push((decl.key.clone(), v.clone()));
+            self.vars.set(&decl.key, v);
         }
         self.args.push((decl.key.clone(), value));
         Ok(())
     }
 
     /// `ENV key=value`, the value expanded in this scope first.
-    pub fn set_env(&mut self, lexer: &Lexer, kv: &KeyValue) -> Result<(), String> {
-        let value = self.expand(lexer, &kv.value)?;
+    pub fn set_env(&mut self, lexer: &Lexer, budget: &Budget, kv: &KeyValue) -> Result<(), String> {
+        let value = self.expand(lexer, budget, &kv.value)?;
         self.assign_env(&kv.key, &value);
         Ok(())
     }
 
     /// Sets an ENV variable to an already expanded value.
     pub fn assign_env(&mut self, key: &str, value: &str) {
-        self.vars.push((key.to_string(), value.to_string()));
-        self.env.push((key.to_string(), value.to_string()));
+        self.vars.set(key, value);
+        self.env.set(key, value);
     }
 
     /// Declared ARGs with their values (the last declaration wins).
@@ -156,7 +184,7 @@ impl Scope {
 
     /// ENV as set in this scope, last assignment of each name winning, in first-set order.
     pub fn env(&self) -> Vec<(String, String)> {
-        dedup_last_wins(&self.env)
+        self.env.entries.clone()
     }
 
     /// The environment a RUN sees: the scope's variables (ENV and valued ARGs), plus
@@ -164,7 +192,7 @@ impl Scope {
     /// environment, a proxy build-arg is matched in any case and given to the command in both
     /// (`--build-arg http_proxy=x` sets `HTTP_PROXY` and `http_proxy`).
     pub fn run_env(&self, build_args: &BTreeMap<String, String>) -> Vec<(String, String)> {
-        let mut out = dedup_last_wins(&self.vars);
+        let mut out = self.vars.entries.clone();
         for upper in PROXY_ARGS
             .iter()
             .filter(|p| p.starts_with(char::is_uppercase))
@@ -182,24 +210,13 @@ impl Scope {
                 });
             let Some(value) = value else { continue };
             for name in [upper.to_string(), lower] {
-                if !out.iter().any(|(k, _)| *k == name) {
+                if self.vars.get(&name).is_none() {
                     out.push((name, value.clone()));
                 }
             }
         }
         out
     }
-}
-
-fn dedup_last_wins(pairs: &[(String, String)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for (k, v) in pairs {
-        match out.iter_mut().find(|(ok, _)| ok == k) {
-            Some(slot) => slot.1 = v.clone(),
-            None => out.push((k.clone(), v.clone())),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -217,42 +234,46 @@ mod tests {
     #[test]
     fn stage_sees_global_only_when_redeclared() {
         let lexer = Lexer::new('\\');
+        let b = Budget::new();
         let none = BTreeMap::new();
         let mut g = Scope::new(predefined_args(&Platform::host(), &Platform::host(), ""));
-        g.declare_arg(&lexer, &decl("V", Some("1")), &none).unwrap();
-        assert_eq!(g.expand(&lexer, "x$V").unwrap(), "x1");
-        let mut s = Scope::for_stage(&g);
-        assert_eq!(s.expand(&lexer, "x$V").unwrap(), "x");
-        assert_eq!(s.expand(&lexer, "$TARGETOS").unwrap(), "");
-        s.declare_arg(&lexer, &decl("V", None), &none).unwrap();
-        s.declare_arg(&lexer, &decl("TARGETOS", None), &none)
+        g.declare_arg(&lexer, &b, &decl("V", Some("1")), &none)
             .unwrap();
-        assert_eq!(s.expand(&lexer, "x$V-$TARGETOS").unwrap(), "x1-linux");
+        assert_eq!(g.expand(&lexer, &b, "x$V").unwrap(), "x1");
+        let mut s = Scope::for_stage(&g);
+        assert_eq!(s.expand(&lexer, &b, "x$V").unwrap(), "x");
+        assert_eq!(s.expand(&lexer, &b, "$TARGETOS").unwrap(), "");
+        s.declare_arg(&lexer, &b, &decl("V", None), &none).unwrap();
+        s.declare_arg(&lexer, &b, &decl("TARGETOS", None), &none)
+            .unwrap();
+        assert_eq!(s.expand(&lexer, &b, "x$V-$TARGETOS").unwrap(), "x1-linux");
     }
 
     #[test]
     fn env_shadows_arg_and_build_args_override() {
         let lexer = Lexer::new('\\');
+        let b = Budget::new();
         let mut ba = BTreeMap::new();
         ba.insert("A".to_string(), "cli".to_string());
         ba.insert("http_proxy".to_string(), "http://p".to_string());
         let mut s = Scope::for_stage(&Scope::new(vec![]));
-        s.declare_arg(&lexer, &decl("A", Some("default")), &ba)
+        s.declare_arg(&lexer, &b, &decl("A", Some("default")), &ba)
             .unwrap();
-        assert_eq!(s.expand(&lexer, "$A").unwrap(), "cli");
+        assert_eq!(s.expand(&lexer, &b, "$A").unwrap(), "cli");
         s.set_env(
             &lexer,
+            &b,
             &KeyValue {
                 key: "A".into(),
                 value: "env-$A".into(),
             },
         )
         .unwrap();
-        assert_eq!(s.expand(&lexer, "$A").unwrap(), "env-cli");
+        assert_eq!(s.expand(&lexer, &b, "$A").unwrap(), "env-cli");
         // A later ARG with a value shadows the ENV again, as in BuildKit.
-        s.declare_arg(&lexer, &decl("A", Some("again")), &BTreeMap::new())
+        s.declare_arg(&lexer, &b, &decl("A", Some("again")), &BTreeMap::new())
             .unwrap();
-        assert_eq!(s.expand(&lexer, "$A").unwrap(), "again");
+        assert_eq!(s.expand(&lexer, &b, "$A").unwrap(), "again");
         assert_eq!(s.env(), vec![("A".to_string(), "env-cli".to_string())]);
         let env = s.run_env(&ba);
         assert!(env.contains(&("http_proxy".into(), "http://p".into())));
