@@ -122,7 +122,7 @@ fn via_parent_results(pm: &PatternMatcher, path: &str) -> Result<bool, IgnoreErr
             let parts: Vec<&str> = dir.split('/').collect();
             for n in 1..=parts.len() {
                 info = pm
-                    .matches_using_parent_results(&parts[..n].join("/"), &info)?
+                    .matches_using_parent_results(parts[..n].join("/"), &info)?
                     .1;
             }
         }

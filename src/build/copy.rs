@@ -64,6 +64,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::context::ignore::go_text;
 use crate::context::{ContextError, ContextFilter, IgnoreError, MatchInfo, PatternMatcher};
 use crate::layer::{
     EntryKind, FileSource, LayerEntry, Probe, ResolveError, WHITEOUT_PREFIX, clean_comps,
@@ -302,7 +303,7 @@ pub fn copy_entries(req: &CopyRequest<'_>, dest_root: &Path) -> Result<Vec<Layer
                 .walk(src_root)?
                 .into_iter()
                 .map(|e| e.path)
-                .collect::<HashSet<String>>(),
+                .collect::<HashSet<PathBuf>>(),
         ),
         _ => None,
     };
@@ -542,10 +543,11 @@ fn contains_wildcards(name: &[u8]) -> bool {
 }
 
 /// Go's `filepath.Match` for one path component. A malformed pattern matches nothing (fsutil
-/// ignores the error).
-fn glob_match(pattern: &str, name: &str) -> bool {
+/// ignores the error). The name is bytes; as in Go, a byte that is not part of valid UTF-8 is
+/// one character (U+FFFD).
+fn glob_match(pattern: &str, name: &[u8]) -> bool {
     let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
+    let n: Vec<char> = go_text(name).chars().collect();
     glob_at(&p, &n).unwrap_or(false)
 }
 
@@ -720,7 +722,7 @@ fn probe_md(root: &Path, rel: &Path, md: Option<fs::Metadata>) -> Result<Probe, 
 /// `.dockerignore` (what BuildKit would receive).
 struct SrcFs<'a> {
     root: &'a Path,
-    kept: Option<HashSet<String>>,
+    kept: Option<HashSet<PathBuf>>,
 }
 
 impl SrcFs<'_> {
@@ -730,7 +732,7 @@ impl SrcFs<'_> {
         }
         match &self.kept {
             None => true,
-            Some(k) => rel.to_str().is_some_and(|s| k.contains(s)),
+            Some(k) => k.contains(rel),
         }
     }
 
@@ -809,8 +811,8 @@ impl Include {
     }
 
     /// Whether something below the directory `rel` could match (conservative).
-    fn could_match_below(&self, rel: &str) -> bool {
-        let dir: Vec<&str> = rel.split('/').collect();
+    fn could_match_below(&self, rel: &[u8]) -> bool {
+        let dir: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
         self.patterns.iter().any(|p| {
             for (i, d) in dir.iter().enumerate() {
                 let Some(pc) = p.get(i) else {
@@ -845,7 +847,7 @@ fn expand(src: &SrcFs, comps: &[OsString]) -> Result<Vec<(PathBuf, OsString)>, C
         let mut next = Vec::new();
         for d in &level {
             for name in src.read_dir(d)? {
-                if !glob_match(&pat, &name.to_string_lossy()) {
+                if !glob_match(&pat, name.as_bytes()) {
                     continue;
                 }
                 let p = d.join(&name);
@@ -1213,7 +1215,7 @@ fn copy_tree(
     walk_tree(
         cx,
         dir,
-        "",
+        b"",
         target,
         include,
         &MatchInfo::default(),
@@ -1226,7 +1228,7 @@ fn copy_tree(
 fn walk_tree(
     cx: &mut Cx<'_, '_>,
     dir: &Path,
-    rel: &str,
+    rel: &[u8],
     target: &Path,
     include: Option<&Include>,
     inc_info: &MatchInfo,
@@ -1247,22 +1249,25 @@ fn walk_tree(
         let Some(md) = src.lstat(&child)? else {
             continue;
         };
-        let child_rel = if rel.is_empty() {
-            name.to_string_lossy().into_owned()
-        } else {
-            format!("{rel}/{}", name.to_string_lossy())
-        };
+        // Relative to the directory source, for `--exclude`/`--parents` patterns; bytes, as
+        // names are.
+        let mut child_rel = rel.to_vec();
+        if !child_rel.is_empty() {
+            child_rel.push(b'/');
+        }
+        child_rel.extend_from_slice(name.as_bytes());
+        let child_rel_os = OsStr::from_bytes(&child_rel);
         let child_target = target.join(&name);
         let (inc_ok, child_inc) = match include {
             Some(i) => i
                 .matcher
-                .matches_using_parent_results(&child_rel, inc_info)
+                .matches_using_parent_results(child_rel_os, inc_info)
                 .map_err(pattern_err("include", Vec::new()))?,
             None => (true, MatchInfo::default()),
         };
         let (exc_hit, child_exc) = match &set.exclude {
             Some(m) => m
-                .matches_using_parent_results(&child_rel, exc_info)
+                .matches_using_parent_results(child_rel_os, exc_info)
                 .map_err(pattern_err("exclude", Vec::new()))?,
             None => (false, MatchInfo::default()),
         };
@@ -1705,7 +1710,7 @@ mod tests {
 
     #[test]
     fn go_filepath_match() {
-        let m = glob_match;
+        let m = |p: &str, n: &str| glob_match(p, n.as_bytes());
         assert!(m("*.go", "foo.go"));
         assert!(!m("*.go", "foo.gox"));
         assert!(m("f*.go", "foo.go"));
@@ -1726,6 +1731,11 @@ mod tests {
         assert!(!m("a[", "a"));
         assert!(!m("[]a]", "a"));
         assert!(!m("x\\", "x"));
+        // Names are bytes: a byte that is not UTF-8 is one character, as in Go.
+        assert!(glob_match("caf?.txt", b"caf\xe9.txt"));
+        assert!(glob_match("caf*", b"caf\xe9.txt"));
+        assert!(!glob_match("café.txt", b"caf\xe9.txt"));
+        assert!(glob_match("??", b"\xe2\x82"));
     }
 
     #[test]
@@ -1784,14 +1794,14 @@ mod tests {
     #[test]
     fn include_pruning() {
         let i = Include::new("foo1/foo2/ba*").unwrap();
-        assert!(i.could_match_below("foo1"));
-        assert!(i.could_match_below("foo1/foo2"));
-        assert!(!i.could_match_below("other"));
-        assert!(!i.could_match_below("foo1/foo2/bar"));
+        assert!(i.could_match_below(b"foo1"));
+        assert!(i.could_match_below(b"foo1/foo2"));
+        assert!(!i.could_match_below(b"other"));
+        assert!(!i.could_match_below(b"foo1/foo2/bar"));
         let i = Include::new("c/**/e").unwrap();
-        assert!(i.could_match_below("c"));
-        assert!(i.could_match_below("c/d/x/y"));
-        assert!(!i.could_match_below("d"));
+        assert!(i.could_match_below(b"c"));
+        assert!(i.could_match_below(b"c/d/x/y"));
+        assert!(!i.could_match_below(b"d"));
     }
 
     #[test]

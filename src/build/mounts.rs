@@ -580,18 +580,17 @@ impl Preparer<'_, '_> {
             }
             Err(e) => return Err(io_err(format!("stat {}", resolved.display()))(e)),
         };
+        // Names are bytes: the resolved path need not be UTF-8.
         let rel_resolved = resolved
             .strip_prefix(ctx)
-            .ok()
-            .and_then(|p| p.to_str())
-            .map(str::to_string)
-            .ok_or_else(|| {
+            .map(Path::to_path_buf)
+            .map_err(|_| {
                 MountError::Unsupported(format!(
-                    "mount source {source:?}: the path is not valid UTF-8"
+                    "mount source {source:?}: resolves outside the build context"
                 ))
             })?;
         let kept = self.cx.filter.walk(ctx)?;
-        if !rel_resolved.is_empty() && !kept.iter().any(|e| e.path == rel_resolved) {
+        if !rel_resolved.as_os_str().is_empty() && !kept.iter().any(|e| e.path == rel_resolved) {
             return Err(MountError::SourceExcluded {
                 path: shown(source),
             });
@@ -599,14 +598,10 @@ impl Preparer<'_, '_> {
         if !md.is_dir() {
             return Ok((resolved, false));
         }
-        let prefix = if rel_resolved.is_empty() {
-            String::new()
-        } else {
-            format!("{rel_resolved}/")
-        };
+        // Component-wise: `a` is not under `a-b`.
         let under: Vec<_> = kept
             .iter()
-            .filter(|e| e.path.starts_with(&prefix))
+            .filter(|e| e.path != rel_resolved && e.path.starts_with(&rel_resolved))
             .collect();
         let all = ContextFilter::default().walk(&resolved)?.len();
         if under.len() == all {
@@ -618,7 +613,7 @@ impl Preparer<'_, '_> {
         let mut dirs = vec![(tree.clone(), md)];
         for e in under {
             let src = ctx.join(&e.path);
-            let dst = tree.join(&e.path[prefix.len()..]);
+            let dst = tree.join(e.path.strip_prefix(&rel_resolved).unwrap_or(&e.path));
             let md = match fs::symlink_metadata(&src) {
                 Ok(md) => md,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -1600,7 +1595,7 @@ mod tests {
     fn listing(root: &Path) -> Vec<String> {
         let mut out = Vec::new();
         for e in crate::context::walk(root, &WalkOptions::default()).unwrap() {
-            out.push(e.path);
+            out.push(e.path.to_string_lossy().into_owned());
         }
         out
     }

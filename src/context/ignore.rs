@@ -17,7 +17,15 @@
 //! - class contents and `\` escapes are read with Go's regexp rules (see `goregex`).
 //!
 //! Paths are slash-separated and relative to the context root. Only the Unix flavour (`/`
-//! separator, `\` escapes) is implemented.
+//! separator, `\` escapes) is implemented. Paths are bytes (`OsStr`), as Linux file names are:
+//! exact, prefix and suffix patterns compare bytes, and a regexp pattern sees the path the way
+//! Go's `regexp.MatchString` does, each byte that is not part of valid UTF-8 read as U+FFFD
+//! (so `caf*` matches `caf\xe9.txt`, and `?` matches one such byte). Patterns are text (they
+//! come from a UTF-8 file).
+
+use std::borrow::Cow;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 
 use regex::Regex;
 
@@ -89,28 +97,63 @@ pub fn read_ignore_file(text: &str) -> Vec<String> {
 /// Lexical path cleaning with Go's `path.Clean` rules: collapse `//`, drop `.`, resolve `..`
 /// against earlier elements (never above `/`), no trailing `/`, and `.` for an empty result.
 pub fn clean(path: &str) -> String {
-    let rooted = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
+    let cleaned = clean_bytes(path.as_bytes());
+    // Only whole `/`-separated pieces of valid UTF-8 were moved, so this is valid UTF-8.
+    String::from_utf8(cleaned).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
+}
+
+/// [`clean`] for a path that is bytes (a file name need not be UTF-8).
+pub fn clean_bytes(path: &[u8]) -> Vec<u8> {
+    let rooted = path.first() == Some(&b'/');
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in path.split(|&b| b == b'/') {
         match part {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|last| *last != "..") {
+            b"" | b"." => {}
+            b".." => {
+                if parts.last().is_some_and(|last| *last != b"..") {
                     parts.pop();
                 } else if !rooted {
-                    parts.push("..");
+                    parts.push(b"..");
                 }
             }
             other => parts.push(other),
         }
     }
-    let joined = parts.join("/");
+    let joined = parts.join(&b'/');
     if rooted {
-        format!("/{joined}")
+        let mut out = Vec::with_capacity(joined.len() + 1);
+        out.push(b'/');
+        out.extend_from_slice(&joined);
+        out
     } else if joined.is_empty() {
-        ".".to_string()
+        b".".to_vec()
     } else {
         joined
+    }
+}
+
+/// The text Go's regexp matcher sees for these bytes: valid UTF-8 as is, and every byte that
+/// is not part of a valid UTF-8 sequence as one U+FFFD (Go decodes an invalid byte as
+/// `RuneError` of width 1; `String::from_utf8_lossy` would merge some runs).
+pub(crate) fn go_text(bytes: &[u8]) -> Cow<'_, str> {
+    let mut rest = match std::str::from_utf8(bytes) {
+        Ok(s) => return Cow::Borrowed(s),
+        Err(_) => bytes,
+    };
+    let mut out = String::with_capacity(bytes.len() + 8);
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                out.push_str(s);
+                return Cow::Owned(out);
+            }
+            Err(e) => {
+                let (valid, bad) = rest.split_at(e.valid_up_to());
+                out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                out.push(char::REPLACEMENT_CHARACTER);
+                rest = bad.get(1..).unwrap_or_default();
+            }
+        }
     }
 }
 
@@ -194,11 +237,14 @@ impl Pattern {
     }
 
     /// Match this one pattern against a path (no parent-directory logic).
-    pub fn matches(&self, path: &str) -> Result<bool, IgnoreError> {
+    pub fn matches(&self, path: impl AsRef<OsStr>) -> Result<bool, IgnoreError> {
+        self.matches_bytes(path.as_ref().as_bytes())
+    }
+
+    fn matches_bytes(&self, path_b: &[u8]) -> Result<bool, IgnoreError> {
         let pat = self.cleaned.as_bytes();
-        let path_b = path.as_bytes();
         match &self.matcher {
-            Matcher::Exact => Ok(path == self.cleaned),
+            Matcher::Exact => Ok(path_b == pat),
             Matcher::Prefix => {
                 // Strip the trailing `**`; byte-wise, like upstream.
                 let prefix = pat.get(..pat.len().saturating_sub(2)).unwrap_or_default();
@@ -213,7 +259,7 @@ impl Pattern {
                 // `**/foo` also matches `foo`.
                 Ok(suffix.first() == Some(&b'/') && suffix.get(1..) == Some(path_b))
             }
-            Matcher::Regexp(re) => Ok(re.is_match(path)),
+            Matcher::Regexp(re) => Ok(re.is_match(&go_text(path_b))),
             Matcher::Invalid => Err(IgnoreError::BadPattern),
         }
     }
@@ -382,16 +428,16 @@ fn class_char(chunk: &[u8]) -> Option<&[u8]> {
 
 /// Go's `filepath.Dir` split into its growing prefixes (`a/b/c` → `a`, `a/b`); empty when the
 /// parent is `.`.
-fn parent_prefixes(path: &str) -> Vec<String> {
-    let dir = match path.rfind('/') {
-        Some(i) => clean(&path[..=i]),
+fn parent_prefixes(path: &[u8]) -> Vec<Vec<u8>> {
+    let dir = match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => clean_bytes(&path[..=i]),
         None => return Vec::new(),
     };
-    if dir == "." {
+    if dir == b"." {
         return Vec::new();
     }
-    let parts: Vec<&str> = dir.split('/').collect();
-    (1..=parts.len()).map(|n| parts[..n].join("/")).collect()
+    let parts: Vec<&[u8]> = dir.split(|&b| b == b'/').collect();
+    (1..=parts.len()).map(|n| parts[..n].join(&b'/')).collect()
 }
 
 /// Per-pattern results for a directory, handed down to its children by a walker
@@ -450,7 +496,8 @@ impl PatternMatcher {
 
     /// Whether `path` (used as given: not cleaned) or any of its parent directories is matched
     /// once all patterns are applied in order.
-    pub fn matches_or_parent_matches(&self, path: &str) -> Result<bool, IgnoreError> {
+    pub fn matches_or_parent_matches(&self, path: impl AsRef<OsStr>) -> Result<bool, IgnoreError> {
+        let path = path.as_ref().as_bytes();
         let parents = parent_prefixes(path);
         let mut matched = false;
         for pattern in &self.patterns {
@@ -458,9 +505,11 @@ impl PatternMatcher {
             if pattern.exclusion != matched {
                 continue;
             }
-            let mut hit = pattern.matches(path)?;
+            let mut hit = pattern.matches_bytes(path)?;
             if !hit {
-                hit = parents.iter().any(|p| pattern.matches(p).unwrap_or(false));
+                hit = parents
+                    .iter()
+                    .any(|p| pattern.matches_bytes(p).unwrap_or(false));
             }
             if hit {
                 matched = !pattern.exclusion;
@@ -470,13 +519,14 @@ impl PatternMatcher {
     }
 
     /// Like [`Self::matches_or_parent_matches`] without the parent directories.
-    pub fn matches_exact(&self, path: &str) -> Result<bool, IgnoreError> {
+    pub fn matches_exact(&self, path: impl AsRef<OsStr>) -> Result<bool, IgnoreError> {
+        let path = path.as_ref().as_bytes();
         let mut matched = false;
         for pattern in &self.patterns {
             if pattern.exclusion != matched {
                 continue;
             }
-            if pattern.matches(path)? {
+            if pattern.matches_bytes(path)? {
                 matched = !pattern.exclusion;
             }
         }
@@ -493,14 +543,15 @@ impl PatternMatcher {
     /// excluded here, while `matches_or_parent_matches` says it is not.
     pub fn matches_using_parent_results(
         &self,
-        path: &str,
+        path: impl AsRef<OsStr>,
         parent: &MatchInfo,
     ) -> Result<(bool, MatchInfo), IgnoreError> {
+        let path = path.as_ref().as_bytes();
         let parent = &parent.parent_matched;
         if !parent.is_empty() && parent.len() != self.patterns.len() {
             return Err(IgnoreError::WrongParentInfo);
         }
-        let mut parents: Option<Vec<String>> = None;
+        let mut parents: Option<Vec<Vec<u8>>> = None;
         let mut info = vec![false; self.patterns.len()];
         let mut matched = false;
         for (i, pattern) in self.patterns.iter().enumerate() {
@@ -509,10 +560,12 @@ impl PatternMatcher {
                 if pattern.exclusion != matched {
                     continue;
                 }
-                hit = pattern.matches(path)?;
+                hit = pattern.matches_bytes(path)?;
                 if !hit && parent.is_empty() {
                     let parents = parents.get_or_insert_with(|| parent_prefixes(path));
-                    hit = parents.iter().any(|p| pattern.matches(p).unwrap_or(false));
+                    hit = parents
+                        .iter()
+                        .any(|p| pattern.matches_bytes(p).unwrap_or(false));
                 }
             }
             if let Some(slot) = info.get_mut(i) {
@@ -533,13 +586,13 @@ impl PatternMatcher {
 
 /// Whether `path` matches `patterns`, like upstream's package-level `MatchesOrParentMatches`:
 /// the path is cleaned first and the context root (`.`) never matches.
-pub fn matches(path: &str, patterns: &[impl AsRef<str>]) -> Result<bool, IgnoreError> {
+pub fn matches(path: impl AsRef<OsStr>, patterns: &[impl AsRef<str>]) -> Result<bool, IgnoreError> {
     let pm = PatternMatcher::new(patterns)?;
-    let path = clean(path);
-    if path == "." {
+    let path = clean_bytes(path.as_ref().as_bytes());
+    if path == b"." {
         return Ok(false);
     }
-    pm.matches_or_parent_matches(&path)
+    pm.matches_or_parent_matches(OsStr::from_bytes(&path))
 }
 
 #[cfg(test)]
@@ -662,14 +715,53 @@ mod tests {
     fn odd_paths() {
         let m = pm(&["**/"]);
         assert!(m.matches_or_parent_matches("/").unwrap());
-        assert_eq!(parent_prefixes("/"), ["", "/"]);
-        assert_eq!(parent_prefixes("dir/file/"), ["dir", "dir/file"]);
-        assert!(parent_prefixes("file").is_empty());
+        assert_eq!(parent_prefixes(b"/"), [&b""[..], b"/"]);
+        assert_eq!(parent_prefixes(b"dir/file/"), [&b"dir"[..], b"dir/file"]);
+        assert!(parent_prefixes(b"file").is_empty());
         // A leading BOM is dropped from the regexp but kept for exact/prefix/suffix matches.
         let m = pm(&["\u{FEFF}*"]);
         assert!(m.matches_or_parent_matches("anything").unwrap());
         let m = pm(&["\u{FEFF}**x"]);
         assert!(!m.matches_or_parent_matches("x").unwrap());
+    }
+
+    #[test]
+    fn paths_are_bytes() {
+        let latin1 = OsStr::from_bytes(b"caf\xe9.txt");
+        let m = pm(&["caf*"]);
+        assert!(m.matches_or_parent_matches(latin1).unwrap());
+        assert!(
+            m.matches_or_parent_matches(OsStr::from_bytes(b"caf\xe9/x"))
+                .unwrap()
+        );
+        // An invalid byte is one character for `?`, as in Go; a UTF-8 `é` is one too.
+        let m = pm(&["caf?.txt"]);
+        assert!(m.matches_or_parent_matches(latin1).unwrap());
+        assert!(m.matches_or_parent_matches("café.txt").unwrap());
+        let m = pm(&["x??"]);
+        assert!(m.matches_exact(OsStr::from_bytes(b"x\xe2\x82")).unwrap());
+        // Exact patterns compare bytes: UTF-8 `é` is not the byte 0xe9.
+        let m = pm(&["café.txt"]);
+        assert!(!m.matches_or_parent_matches(latin1).unwrap());
+        // Prefix and suffix patterns too.
+        assert!(pm(&["**.txt"]).matches_exact(latin1).unwrap());
+        let m = pm(&["d\u{ff}/**"]);
+        assert!(m.matches_exact("d\u{ff}/y").unwrap());
+        let (hit, _) = m
+            .matches_using_parent_results(OsStr::from_bytes(b"d\xff/y"), &MatchInfo::default())
+            .unwrap();
+        assert!(!hit);
+        assert!(matches(OsStr::from_bytes(b"./d\xff//a.txt"), &["d*/*.txt"]).unwrap());
+    }
+
+    #[test]
+    fn go_text_replaces_each_bad_byte() {
+        assert_eq!(go_text(b"abc"), "abc");
+        assert_eq!(go_text(b"a\xe9b"), "a\u{FFFD}b");
+        // A truncated sequence is two bad bytes for Go (from_utf8_lossy gives one U+FFFD).
+        assert_eq!(go_text(b"\xe2\x82"), "\u{FFFD}\u{FFFD}");
+        assert_eq!(go_text(b"\xff\xc3\xa9"), "\u{FFFD}é");
+        assert_eq!(clean_bytes(b"a/\xff/../b/"), b"a/b");
     }
 
     #[test]

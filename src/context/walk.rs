@@ -12,9 +12,13 @@
 //!   children make it appear, just before the first of them. Otherwise it is pruned.
 //! - A directory that cannot be read is an error, unless it is left out anyway and the error is
 //!   "permission denied".
+//! - Names are bytes: a name that is not UTF-8 is walked, matched and reported like any other
+//!   (fsutil sends it as it is).
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use super::ignore::{IgnoreError, MatchInfo, PatternMatcher};
@@ -54,15 +58,15 @@ impl EntryKind {
 /// One entry of the filtered context.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WalkEntry {
-    /// Relative to the context root, `/`-separated.
-    pub path: String,
+    /// Relative to the context root, `/`-separated; the name's bytes as they are on disk.
+    pub path: PathBuf,
     pub kind: EntryKind,
 }
 
 impl std::fmt::Display for WalkEntry {
-    /// `<kind> <path>`, e.g. `dir foo`.
+    /// `<kind> <path>`, e.g. `dir foo` (bytes that are not UTF-8 shown as U+FFFD).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.kind.as_str(), self.path)
+        write!(f, "{} {}", self.kind.as_str(), self.path.display())
     }
 }
 
@@ -87,8 +91,6 @@ pub enum ContextError {
     },
     #[error("{}: not a directory", path.display())]
     NotADirectory { path: PathBuf },
-    #[error("{}: file name is not valid UTF-8", path.display())]
-    NonUtf8Name { path: PathBuf },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -117,13 +119,18 @@ fn without_trailing_glob(pattern: &str) -> &str {
 }
 
 /// Whether any literal pattern of the given polarity lies at or under `dir`.
-fn literal_under(matcher: &PatternMatcher, exclusions: bool, dir: &str) -> bool {
-    let dir_slash = format!("{dir}/");
+fn literal_under(matcher: &PatternMatcher, exclusions: bool, dir: &[u8]) -> bool {
+    let mut dir_slash = dir.to_vec();
+    dir_slash.push(b'/');
     matcher
         .patterns()
         .iter()
         .filter(|p| p.is_exclusion() == exclusions)
-        .any(|p| format!("{}/", without_trailing_glob(p.as_str())).starts_with(&dir_slash))
+        .any(|p| {
+            format!("{}/", without_trailing_glob(p.as_str()))
+                .as_bytes()
+                .starts_with(&dir_slash)
+        })
 }
 
 fn only_literal(matcher: &PatternMatcher, exclusions: bool) -> bool {
@@ -165,7 +172,8 @@ impl ContextFilter {
     ///
     /// This can differ from the walk for exceptions listed before the pattern they would undo
     /// (see [`PatternMatcher::matches_using_parent_results`]).
-    pub fn is_excluded(&self, rel_path: &str) -> Result<bool, ContextError> {
+    pub fn is_excluded(&self, rel_path: impl AsRef<OsStr>) -> Result<bool, ContextError> {
+        let rel_path = rel_path.as_ref();
         if rel_path.is_empty() || rel_path == "." {
             return Ok(false);
         }
@@ -202,10 +210,10 @@ impl ContextFilter {
                 path: root.to_path_buf(),
             });
         }
-        let root_entries = read_dir_sorted(root).map_err(|e| e.into_context(root))?;
+        let root_entries = read_dir_sorted(root).map_err(io_error(root))?;
         let mut out = Vec::new();
         let mut stack = vec![Frame {
-            rel: String::new(),
+            rel: Vec::new(),
             entries: root_entries.into_iter(),
             include_info: MatchInfo::default(),
             exclude_info: MatchInfo::default(),
@@ -218,9 +226,13 @@ impl ContextFilter {
             };
             let Some(parent) = stack.last() else { break };
             let rel = if parent.rel.is_empty() {
-                name
+                name.into_vec()
             } else {
-                format!("{}/{}", parent.rel, name)
+                let mut r = Vec::with_capacity(parent.rel.len() + 1 + name.len());
+                r.extend_from_slice(&parent.rel);
+                r.push(b'/');
+                r.extend_from_slice(name.as_bytes());
+                r
             };
             let is_dir = kind == EntryKind::Dir;
             let Some(decision) = self.decide(&rel, is_dir, parent)? else {
@@ -229,18 +241,18 @@ impl ContextFilter {
             if decision.keep {
                 for frame in stack.iter_mut().filter(|f| !f.reported) {
                     out.push(WalkEntry {
-                        path: frame.rel.clone(),
+                        path: PathBuf::from(OsStr::from_bytes(&frame.rel)),
                         kind: EntryKind::Dir,
                     });
                     frame.reported = true;
                 }
                 out.push(WalkEntry {
-                    path: rel.clone(),
+                    path: PathBuf::from(OsStr::from_bytes(&rel)),
                     kind,
                 });
             }
             if is_dir {
-                let abs = root.join(&rel);
+                let abs = root.join(OsStr::from_bytes(&rel));
                 match read_dir_sorted(&abs) {
                     Ok(entries) => stack.push(Frame {
                         rel,
@@ -249,10 +261,9 @@ impl ContextFilter {
                         exclude_info: decision.exclude_info,
                         reported: decision.keep,
                     }),
-                    Err(ReadError::Io(e)) if is_gone(&e) => {}
-                    Err(ReadError::Io(e))
-                        if !decision.keep && e.kind() == io::ErrorKind::PermissionDenied => {}
-                    Err(e) => return Err(e.into_context(&abs)),
+                    Err(e) if is_gone(&e) => {}
+                    Err(e) if !decision.keep && e.kind() == io::ErrorKind::PermissionDenied => {}
+                    Err(e) => return Err(io_error(&abs)(e)),
                 }
             }
         }
@@ -262,7 +273,7 @@ impl ContextFilter {
     /// Keep / descend / prune for one entry; `None` prunes a directory.
     fn decide(
         &self,
-        rel: &str,
+        rel: &[u8],
         is_dir: bool,
         parent: &Frame,
     ) -> Result<Option<Decision>, ContextError> {
@@ -271,7 +282,7 @@ impl ContextFilter {
         let mut exclude_info = MatchInfo::default();
         if let Some(include) = &self.include {
             let (m, info) = include
-                .matches_using_parent_results(rel, &parent.include_info)
+                .matches_using_parent_results(OsStr::from_bytes(rel), &parent.include_info)
                 .map_err(|source| ContextError::Match {
                     which: "include",
                     source,
@@ -286,7 +297,7 @@ impl ContextFilter {
         }
         if let Some(exclude) = &self.exclude {
             let (m, info) = exclude
-                .matches_using_parent_results(rel, &parent.exclude_info)
+                .matches_using_parent_results(OsStr::from_bytes(rel), &parent.exclude_info)
                 .map_err(|source| ContextError::Match {
                     which: "exclude",
                     source,
@@ -316,9 +327,9 @@ pub fn walk(root: &Path, opts: &WalkOptions) -> Result<Vec<WalkEntry>, ContextEr
 }
 
 struct Frame {
-    /// Relative path of this directory (`""` for the root).
-    rel: String,
-    entries: std::vec::IntoIter<(String, EntryKind)>,
+    /// Relative path of this directory (empty for the root).
+    rel: Vec<u8>,
+    entries: std::vec::IntoIter<(OsString, EntryKind)>,
     include_info: MatchInfo,
     exclude_info: MatchInfo,
     /// Already in the output (or the root).
@@ -331,20 +342,10 @@ struct Decision {
     exclude_info: MatchInfo,
 }
 
-enum ReadError {
-    Io(io::Error),
-    NonUtf8(PathBuf),
-}
-
-impl ReadError {
-    fn into_context(self, path: &Path) -> ContextError {
-        match self {
-            ReadError::Io(source) => ContextError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-            ReadError::NonUtf8(path) => ContextError::NonUtf8Name { path },
-        }
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
+    move |source| ContextError::Io {
+        path: path.to_path_buf(),
+        source,
     }
 }
 
@@ -357,14 +358,14 @@ fn is_gone(e: &io::Error) -> bool {
 }
 
 /// The entries of one directory, sorted by name (byte order, as Go's `os.ReadDir`).
-fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, EntryKind)>, ReadError> {
+fn read_dir_sorted(dir: &Path) -> io::Result<Vec<(OsString, EntryKind)>> {
     let mut entries = Vec::new();
-    for entry in fs::read_dir(dir).map_err(ReadError::Io)? {
-        let entry = entry.map_err(ReadError::Io)?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
         let file_type = match entry.file_type() {
             Ok(t) => t,
             Err(e) if is_gone(&e) => continue,
-            Err(e) => return Err(ReadError::Io(e)),
+            Err(e) => return Err(e),
         };
         let kind = if file_type.is_dir() {
             EntryKind::Dir
@@ -375,13 +376,9 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, EntryKind)>, ReadError> {
         } else {
             EntryKind::Other
         };
-        let name = entry
-            .file_name()
-            .into_string()
-            .map_err(|_| ReadError::NonUtf8(entry.path()))?;
-        entries.push((name, kind));
+        entries.push((entry.file_name(), kind));
     }
-    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     Ok(entries)
 }
 
@@ -473,6 +470,36 @@ mod tests {
             run(t.path(), &[], &[]),
             ["symlink link", "dir real", "file real/f"]
         );
+    }
+
+    #[test]
+    fn names_are_bytes() {
+        let t = tree(&["keep"]);
+        let b = |s: &'static [u8]| OsStr::from_bytes(s);
+        fs::write(t.path().join(b(b"caf\xe9")), b"x").unwrap();
+        fs::create_dir(t.path().join(b(b"d\xff"))).unwrap();
+        fs::write(t.path().join(b(b"d\xff/f")), b"x").unwrap();
+        let paths = |exclude: &[&str]| -> Vec<Vec<u8>> {
+            let opts = WalkOptions {
+                include: vec![],
+                exclude: exclude.iter().map(|s| s.to_string()).collect(),
+            };
+            walk(t.path(), &opts)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.path.into_os_string().into_vec())
+                .collect()
+        };
+        assert_eq!(paths(&[]), [&b"caf\xe9"[..], b"d\xff", b"d\xff/f", b"keep"]);
+        assert_eq!(paths(&["caf*", "d?"]), [b"keep"]);
+        assert_eq!(paths(&["*", "!d?/f"]), [&b"d\xff"[..], b"d\xff/f"]);
+        let filter = ContextFilter::new(&WalkOptions {
+            include: vec![],
+            exclude: vec!["d?".into()],
+        })
+        .unwrap();
+        assert!(filter.is_excluded(b(b"d\xff/f")).unwrap());
+        assert!(!filter.is_excluded(b(b"caf\xe9")).unwrap());
     }
 
     #[test]

@@ -20,11 +20,13 @@
 //!   directory sorted by name — what Go's `filepath.Walk` (containerd, BuildKit) and
 //!   `tar --sort=name` produce. Equivalently: byte-wise order where `/` sorts before every
 //!   other byte. See [`compare_layer_paths`].
-//! - **Headers.** POSIX ustar headers; a PAX extended header (`x`, named
-//!   `<dir>/PaxHeaders.0/<name>` like Go's `archive/tar`) is added only when needed: a path or link
-//!   target longer than 100 bytes, a uid/gid above 2097151, a size of 8 GiB or more, an mtime
-//!   before 1970 or after 2242, or extended attributes (`SCHILY.xattr.<name>`, which is how
-//!   `security.capability` travels). PAX records are sorted by key. uname/gname are empty; ids
+//! - **Headers.** POSIX ustar headers; a PAX extended header (`x`, named like Go's
+//!   `archive/tar` does: `<dir>/PaxHeaders.0/<name>`, `<dir>/PaxHeaders.0` for a directory) is
+//!   added only when needed: a path or link target longer than 100 bytes or not ASCII (names are
+//!   bytes; one that is not UTF-8 travels as it is in the `path`/`linkpath` record, the ustar
+//!   field keeping its ASCII bytes, as Go writes it), a uid/gid above 2097151, a size of 8 GiB or
+//!   more, an mtime before 1970 or after 2242, or extended attributes (`SCHILY.xattr.<name>`,
+//!   which is how `security.capability` travels). PAX records are sorted by key. uname/gname are empty; ids
 //!   are numeric only. Directories are named with a trailing `/`; the layer root, if present,
 //!   is `./`. No ustar `prefix` field is used.
 //! - **Times.** Mtimes are whole seconds. With a `SOURCE_DATE_EPOCH`

@@ -1,4 +1,10 @@
 //! Encoding of tar headers: ustar, with a PAX extended header when a value does not fit.
+//!
+//! Names are bytes. A path or link target that is longer than its field or not ASCII (any byte
+//! 0x80 or above: every UTF-8 name with an accent, and every name that is not UTF-8) goes to a
+//! PAX `path`/`linkpath` record with its exact bytes, and the ustar field keeps only its ASCII
+//! bytes, as Go's `archive/tar` (BuildKit's and containerd's writer) does, so layer digests stay
+//! comparable with theirs.
 
 use std::collections::BTreeMap;
 
@@ -41,8 +47,11 @@ pub(crate) fn encode(h: &Header<'_>, out: &mut Vec<u8>) -> Result<(), EncodeErro
     let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut b = [0u8; BLOCK];
 
-    if !put_str(&mut b[0..100], h.name) {
+    if needs_pax(h.name, 100) {
         pax.push((b"path".to_vec(), h.name.to_vec()));
+        put_go_str(&mut b[0..100], &to_ascii(h.name));
+    } else {
+        put_str(&mut b[0..100], h.name);
     }
     put_octal(&mut b[100..108], u64::from(h.mode & 0o7777));
     if !put_octal(&mut b[108..116], h.uid) {
@@ -62,8 +71,11 @@ pub(crate) fn encode(h: &Header<'_>, out: &mut Vec<u8>) -> Result<(), EncodeErro
         put_octal(&mut b[136..148], 0);
     }
     b[156] = h.typeflag;
-    if !put_str(&mut b[157..257], h.linkname) {
+    if needs_pax(h.linkname, 100) {
         pax.push((b"linkpath".to_vec(), h.linkname.to_vec()));
+        put_go_str(&mut b[157..257], &to_ascii(h.linkname));
+    } else {
+        put_str(&mut b[157..257], h.linkname);
     }
     b[257..263].copy_from_slice(b"ustar\0");
     b[263..265].copy_from_slice(b"00");
@@ -121,6 +133,34 @@ fn put_str(field: &mut [u8], s: &[u8]) -> bool {
     s.len() <= field.len()
 }
 
+/// Whether a name or link target cannot stay in its ustar field: too long, or not ASCII (Go's
+/// `isASCII` also refuses NUL, which a path never holds).
+fn needs_pax(s: &[u8], field: usize) -> bool {
+    s.len() > field || s.iter().any(|&c| c >= 0x80 || c == 0)
+}
+
+/// Go's `toASCII`: the bytes below 0x80 except NUL. Go walks the string by runes and drops
+/// every rune ≥ 0x80; each byte of a multi-byte UTF-8 sequence and each invalid byte is ≥ 0x80,
+/// so this is the same byte filter.
+fn to_ascii(s: &[u8]) -> Vec<u8> {
+    s.iter().copied().filter(|&c| c < 0x80 && c != 0).collect()
+}
+
+/// Go's `formatString` for a value that is also in a PAX record: truncated to the field, and
+/// when the cut leaves a `/` in the last byte, the trailing slashes are replaced by a NUL (so
+/// old readers do not take a file for a directory).
+fn put_go_str(field: &mut [u8], s: &[u8]) {
+    let len = field.len();
+    put_str(field, s);
+    if s.len() > len && field[len - 1] == b'/' {
+        let kept = s[..len - 1]
+            .iter()
+            .rposition(|&c| c != b'/')
+            .map_or(0, |i| i + 1);
+        field[kept] = 0;
+    }
+}
+
 /// Writes `v` as zero-padded octal followed by NUL; false (field untouched) when it does not fit.
 fn put_octal(field: &mut [u8], v: u64) -> bool {
     let digits = field.len() - 1;
@@ -158,21 +198,27 @@ fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     out.push(b'\n');
 }
 
-/// `<dir>/PaxHeaders.0/<base>` (Go's `archive/tar` naming), truncated to 100 bytes.
+/// The name of the PAX header of entry `name`, as Go's `archive/tar` makes it:
+/// `path.Join(dir, "PaxHeaders.0", file)` of `path.Split(name)` (so `a/b` gives
+/// `a/PaxHeaders.0/b` and the directory `a/b/` gives `a/b/PaxHeaders.0`), then only its ASCII
+/// bytes, cut to 100 bytes, trailing `/` removed.
 fn pax_header_name(name: &[u8]) -> Vec<u8> {
-    let trimmed = name.strip_suffix(b"/").unwrap_or(name);
-    let (dir, base) = match trimmed.iter().rposition(|&c| c == b'/') {
-        Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
-        None => (&b""[..], trimmed),
-    };
-    let mut out = Vec::with_capacity(name.len() + 14);
-    if !dir.is_empty() {
-        out.extend_from_slice(dir);
-        out.push(b'/');
+    let split = name.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
+    let (dir, file) = name.split_at(split);
+    // Layer names are normalized, so `path.Join`'s cleaning only drops the root's `./`.
+    let dir = if dir == b"./" { &b""[..] } else { dir };
+    let mut joined = Vec::with_capacity(name.len() + 14);
+    joined.extend_from_slice(dir);
+    joined.extend_from_slice(b"PaxHeaders.0");
+    if !file.is_empty() {
+        joined.push(b'/');
+        joined.extend_from_slice(file);
     }
-    out.extend_from_slice(b"PaxHeaders.0/");
-    out.extend_from_slice(base);
+    let mut out = to_ascii(&joined);
     out.truncate(100);
+    while out.last() == Some(&b'/') {
+        out.pop();
+    }
     out
 }
 
@@ -211,8 +257,79 @@ mod tests {
     #[test]
     fn pax_names() {
         assert_eq!(pax_header_name(b"a/b/c"), b"a/b/PaxHeaders.0/c");
-        assert_eq!(pax_header_name(b"dir/"), b"PaxHeaders.0/dir");
+        assert_eq!(pax_header_name(b"f"), b"PaxHeaders.0/f");
+        // Go splits after the last `/`, so a directory's header sits inside it.
+        assert_eq!(pax_header_name(b"dir/"), b"dir/PaxHeaders.0");
+        assert_eq!(pax_header_name(b"./"), b"PaxHeaders.0");
         assert_eq!(pax_header_name(&[b'x'; 300]).len(), 100);
+        assert_eq!(
+            pax_header_name(b"d\xe9/caf\xc3\xa9.txt"),
+            b"d/PaxHeaders.0/caf.txt"
+        );
+        // Cut at 100 bytes right after `PaxHeaders.0/`: the slash goes.
+        let mut long = vec![b'a'; 86];
+        long.extend_from_slice(b"/file");
+        let got = pax_header_name(&long);
+        assert_eq!(got.len(), 99);
+        assert!(got.ends_with(b"/PaxHeaders.0"));
+    }
+
+    #[test]
+    fn non_ascii_names_move_to_pax_records() {
+        let x = BTreeMap::new();
+        let h = Header {
+            name: b"d\xe9r/caf\xe9.txt",
+            typeflag: TYPE_SYMLINK,
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            linkname: "tø".as_bytes(),
+            dev: None,
+            xattrs: &x,
+        };
+        let mut out = Vec::new();
+        encode(&h, &mut out).unwrap();
+        let pax = tar::Header::from_byte_slice(&out[..BLOCK]);
+        assert_eq!(pax.entry_type(), tar::EntryType::XHeader);
+        assert_eq!(pax.path_bytes().as_ref(), b"dr/PaxHeaders.0/caf.txt");
+        let len = pax.size().unwrap() as usize;
+        let records = &out[BLOCK..BLOCK + len];
+        let mut want = Vec::new();
+        pax_record(&mut want, b"linkpath", "tø".as_bytes());
+        pax_record(&mut want, b"path", b"d\xe9r/caf\xe9.txt");
+        assert_eq!(records, &want[..]);
+        let main = tar::Header::from_byte_slice(&out[out.len() - BLOCK..]);
+        assert_eq!(main.path_bytes().as_ref(), b"dr/caf.txt");
+        assert_eq!(main.link_name_bytes().unwrap().as_ref(), b"t");
+        // An ASCII name that fits needs no PAX header.
+        let h = Header {
+            name: b"plain.txt",
+            linkname: b"",
+            typeflag: TYPE_FILE,
+            ..h
+        };
+        let mut out = Vec::new();
+        encode(&h, &mut out).unwrap();
+        assert_eq!(out.len(), BLOCK);
+    }
+
+    #[test]
+    fn long_names_cut_like_go() {
+        // The cut ends in `/`: the trailing slashes become a NUL.
+        let mut name = vec![b'a'; 97];
+        name.extend_from_slice(b"///c");
+        let mut f = [0u8; 100];
+        put_go_str(&mut f, &name);
+        assert_eq!(&f[..97], &name[..97]);
+        assert_eq!(f[97], 0);
+        assert_eq!(f[98], b'/');
+        assert_eq!(f[99], b'/');
+        // No `/` at the cut: plain truncation.
+        let mut f = [0u8; 100];
+        put_go_str(&mut f, &[b'x'; 120]);
+        assert_eq!(f, [b'x'; 100]);
     }
 
     #[test]
