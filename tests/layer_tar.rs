@@ -774,7 +774,7 @@ fn ownership_policies() {
         dst.path(),
         &ApplyOptions {
             ownership: Ownership::Ignore,
-            xattrs: true,
+            ..ApplyOptions::default()
         },
     )
     .unwrap();
@@ -787,7 +787,7 @@ fn ownership_policies() {
         dst.path(),
         &ApplyOptions {
             ownership: Ownership::BestEffort,
-            xattrs: true,
+            ..ApplyOptions::default()
         },
     )
     .unwrap();

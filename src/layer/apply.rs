@@ -690,9 +690,9 @@ impl Applier {
         match self.ownership {
             Ownership::Auto => Ok(false),
             Ownership::Ignore => {
-                if current
-                    .is_some_and(|md| (u64::from(md.uid()), u64::from(md.gid())) != (meta.uid, meta.gid))
-                {
+                if current.is_some_and(|md| {
+                    (u64::from(md.uid()), u64::from(md.gid())) != (meta.uid, meta.gid)
+                }) {
                     self.ownership_ignored += 1;
                 }
                 Ok(false)
