@@ -17,8 +17,7 @@ use crate::exec::{RootfsSpec, RunReport};
 use crate::image::{Descriptor, ImageError, Store};
 use crate::layer::{
     ApplyOptions, ApplyReport, DiffId, DiffOptions, Ensured, LayerEntry, Ownership, SnapshotStore,
-    apply_layer,
-    diff_trees, diff_upperdir,
+    apply_layer, diff_trees, diff_upperdir,
 };
 
 /// Which snapshotter a build uses.
