@@ -686,9 +686,9 @@ fn export(
                 force_compression: compression.is_some(),
             };
             match (dest, *tar) {
-                (Dest::Stdout, _) => to_stdout(|w| {
-                    write_oci_archive(store, img, tags, w, &opts).map(|_| ())
-                })?,
+                (Dest::Stdout, _) => {
+                    to_stdout(|w| write_oci_archive(store, img, tags, w, &opts).map(|_| ()))?
+                }
                 (Dest::Path(p), true) => {
                     write_oci_archive_file(store, img, tags, p, &opts)?;
                 }
@@ -713,7 +713,9 @@ fn export(
             let tmp = tempfile::Builder::new()
                 .prefix("export-")
                 .tempdir_in(store.tmp_dir())
-                .with_context(|| format!("creating a directory in {}", store.tmp_dir().display()))?;
+                .with_context(|| {
+                    format!("creating a directory in {}", store.tmp_dir().display())
+                })?;
             let rootfs = tmp.path().join("rootfs");
             let apply = ApplyOptions {
                 ownership: if single_id {
