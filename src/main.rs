@@ -754,7 +754,14 @@ fn export(
                 removable: rootless,
                 ..ApplyOptions::default()
             };
-            apply_layers(store, img, dest, &apply, warned)?;
+            let ignored = apply_layers(store, img, dest, &apply, warned)?;
+            if rootless && ignored > 0 {
+                eprintln!(
+                    "kiln: note: {} exported as your files: {ignored} entries of the image have \
+                     other owners, which a rootless local export cannot keep (type=tar keeps them)",
+                    dest.display()
+                );
+            }
         }
     }
     Ok(())
@@ -762,14 +769,15 @@ fn export(
 
 /// Applies the image's layers, base first, into `dest`, and warns about device nodes that
 /// could not be created (in a user namespace), once per layer and command (`warned`: the
-/// layers already warned about).
+/// layers already warned about). Returns the entries whose owner was not kept.
 fn apply_layers(
     store: &Store,
     img: &StoredImage,
     dest: &Path,
     apply: &ApplyOptions,
     warned: &mut std::collections::BTreeSet<String>,
-) -> Result<()> {
+) -> Result<u64> {
+    let mut ownership_ignored = 0;
     std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
     for l in img.layers() {
         let blob = store.open_blob(l.digest())?;
@@ -780,8 +788,9 @@ fn apply_layers(
         {
             eprintln!("kiln: warning: exporting layer {}: {w}", l.digest());
         }
+        ownership_ignored += report.ownership_ignored;
     }
-    Ok(())
+    Ok(ownership_ignored)
 }
 
 fn cmd_images(root: &Path) -> Result<()> {

@@ -444,6 +444,13 @@ fn rootless_local_export_is_removable_by_the_user() {
             &[],
         );
         let local = out.path().join("rootfs");
+        // The owners the export could not keep are said (kiln-test's RUN made some).
+        assert_eq!(
+            b.stderr().contains("a rootless local export cannot keep"),
+            who.keeps_ownership(),
+            "{}",
+            b.stderr()
+        );
         // Same content as the image (the harness's tar export, unpacked by root).
         let mut want = tree_of(b.out.path());
         let mut got = tree_of(&local);
