@@ -11,9 +11,10 @@ use kiln::build::BuildOptions;
 use kiln::dockerfile;
 use kiln::image::{
     DockerArchiveImage, ImageRef, ImportOptions, LoadOptions, OciExportOptions, Store, StoredImage,
-    parse_ref, write_docker_archive_file, write_oci_archive_file, write_oci_dir,
+    parse_ref, write_docker_archive, write_docker_archive_file, write_oci_archive,
+    write_oci_archive_file, write_oci_dir, write_output_file,
 };
-use kiln::layer::{ApplyOptions, Compression, apply_layer};
+use kiln::layer::{ApplyOptions, Compression, WriteOptions, apply_layer};
 use kiln::plan::{self, PlanOptions};
 use kiln::progress::{Json as JsonProgress, Plain, Progress, Quiet};
 
@@ -77,11 +78,12 @@ enum Commands {
         /// The archive (`-` for stdin).
         file: PathBuf,
     },
-    /// Save an image as a docker-archive.
+    /// Save an image as a docker-archive (to stdout without -o, or with `-o -`).
     Save {
         name: String,
+        /// The archive file (`-`, or no -o: stdout, which must not be a terminal).
         #[arg(short, long)]
-        output: PathBuf,
+        output: Option<PathBuf>,
     },
     /// Tools for tests and curious users.
     #[command(subcommand)]
@@ -102,13 +104,13 @@ struct BuildArgs {
     /// Build up to this stage.
     #[arg(long)]
     target: Option<String>,
-    /// Export the result too: type=oci|docker|local,dest=PATH[,tar=false][,compression=gzip|zstd|uncompressed][,compression-level=N]
+    /// Export the result too: type=oci|docker|tar|local,dest=PATH[,tar=false][,compression=gzip|zstd|uncompressed][,compression-level=N]; dest=- is stdout; `-o -` is type=tar,dest=-
     #[arg(short, long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
     /// Progress output.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
-    /// Print only the image ID on stdout.
+    /// Print only the image ID on stdout (nothing when an export goes to stdout).
     #[arg(short, long)]
     quiet: bool,
     /// Write the image ID (config digest) to this file.
@@ -331,14 +333,22 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Commands::Save { name, output } => {
+            let dest = match output {
+                None => Dest::Stdout,
+                Some(p) if p == Path::new("-") => Dest::Stdout,
+                Some(p) => Dest::Path(p),
+            };
+            if dest == Dest::Stdout {
+                refuse_terminal("the docker-archive", "use -o FILE")?;
+            }
             let store = Store::open(&root)?;
             let img = store.resolve(&name)?;
             let names = img.name.clone().into_iter().collect();
-            write_docker_archive_file(
-                &store,
-                &[DockerArchiveImage { image: &img, names }],
-                &output,
-            )?;
+            let images = [DockerArchiveImage { image: &img, names }];
+            match &dest {
+                Dest::Stdout => to_stdout(|w| write_docker_archive(&store, &images, w))?,
+                Dest::Path(p) => write_docker_archive_file(&store, &images, p)?,
+            }
             Ok(())
         }
         Commands::Debug(DebugCommand::Parse { format, file }) => debug_parse(&file, format),
@@ -393,24 +403,62 @@ fn parse_build_args(raw: &[String]) -> Vec<(String, String)> {
     out
 }
 
+/// Where a file output goes.
+#[derive(Debug, PartialEq)]
+enum Dest {
+    /// `dest=-`.
+    Stdout,
+    Path(PathBuf),
+}
+
+impl Dest {
+    fn new(path: PathBuf) -> Dest {
+        if path == Path::new("-") {
+            Dest::Stdout
+        } else {
+            Dest::Path(path)
+        }
+    }
+}
+
 /// One `-o/--output` value.
 #[derive(Debug, PartialEq)]
 enum Output {
     Oci {
-        dest: PathBuf,
+        dest: Dest,
         tar: bool,
         compression: Option<Compression>,
     },
     Docker {
-        dest: PathBuf,
+        dest: Dest,
+    },
+    /// The final filesystem as one tar (buildx's `type=tar`).
+    Tar {
+        dest: Dest,
     },
     Local {
         dest: PathBuf,
     },
 }
 
+impl Output {
+    fn to_stdout(&self) -> bool {
+        matches!(
+            self,
+            Output::Oci {
+                dest: Dest::Stdout,
+                ..
+            } | Output::Docker { dest: Dest::Stdout }
+                | Output::Tar { dest: Dest::Stdout }
+        )
+    }
+}
+
 fn parse_output(spec: &str) -> Result<Output> {
-    // `-o DIR` is `type=local,dest=DIR`, as in buildx.
+    // `-o -` is `type=tar,dest=-` and `-o DIR` is `type=local,dest=DIR`, as in buildx.
+    if spec == "-" {
+        return Ok(Output::Tar { dest: Dest::Stdout });
+    }
     if !spec.contains('=') {
         return Ok(Output::Local {
             dest: PathBuf::from(spec),
@@ -456,18 +504,33 @@ fn parse_output(spec: &str) -> Result<Output> {
                     ));
                 }
             };
+            let dest = Dest::new(need_dest(dest)?);
+            if !tar && dest == Dest::Stdout {
+                return Err(anyhow!(
+                    "--output {spec:?}: tar=false writes a directory, which cannot go to stdout"
+                ));
+            }
             Output::Oci {
-                dest: need_dest(dest)?,
+                dest,
                 tar,
                 compression,
             }
         }
         "docker" => Output::Docker {
-            dest: need_dest(dest)?,
+            dest: Dest::new(need_dest(dest)?),
         },
-        "local" => Output::Local {
-            dest: need_dest(dest)?,
+        "tar" => Output::Tar {
+            dest: Dest::new(need_dest(dest)?),
         },
+        "local" => {
+            let dest = need_dest(dest)?;
+            if dest == Path::new("-") {
+                return Err(anyhow!(
+                    "--output {spec:?}: type=local writes a directory; for a tar on stdout use -o - (type=tar,dest=-)"
+                ));
+            }
+            Output::Local { dest }
+        }
         "registry" | "image" => {
             return Err(anyhow!(
                 "--output type={kind}: pushing to registries is not supported yet"
@@ -475,7 +538,7 @@ fn parse_output(spec: &str) -> Result<Output> {
         }
         other => {
             return Err(anyhow!(
-                "--output {spec:?}: unknown type {other:?} (oci, docker, local)"
+                "--output {spec:?}: unknown type {other:?} (oci, docker, tar, local)"
             ));
         }
     };
@@ -483,6 +546,28 @@ fn parse_output(spec: &str) -> Result<Output> {
         return Err(anyhow!("--output {spec:?}: unknown option {k:?}"));
     }
     Ok(out)
+}
+
+/// An archive on a terminal is garbage on the screen: refuse, as `docker save` does.
+fn refuse_terminal(what: &str, hint: &str) -> Result<()> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        return Err(anyhow!(
+            "refusing to write {what} to a terminal: redirect stdout, or {hint}"
+        ));
+    }
+    Ok(())
+}
+
+/// Streams an export to stdout (flushed at the end).
+fn to_stdout<E>(f: impl FnOnce(&mut dyn std::io::Write) -> Result<(), E>) -> Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    f(&mut out).context("writing the export to stdout")?;
+    out.flush().context("writing the export to stdout")
 }
 
 /// Enters the build namespaces before anything else happens (in particular before stdin is
@@ -507,6 +592,13 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
         .iter()
         .map(|o| parse_output(o))
         .collect::<Result<_>>()?;
+    let on_stdout = outputs.iter().filter(|o| o.to_stdout()).count();
+    if on_stdout > 1 {
+        return Err(anyhow!("only one --output can go to stdout (dest=-)"));
+    }
+    if on_stdout == 1 {
+        refuse_terminal("the export", "give the output a dest=FILE")?;
+    }
     let tags: Vec<ImageRef> = args
         .tags
         .iter()
@@ -551,8 +643,9 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
     };
     let outcome = kiln::build::build(&store, &opts, progress.as_mut())?;
     let img = &outcome.image;
+    let mut warned = outcome.warned_layers.clone();
     for out in &outputs {
-        export(&store, img, &tags, out, single_id)?;
+        export(&store, img, &tags, out, single_id, &mut warned)?;
     }
     if let Some(path) = &args.iidfile {
         std::fs::write(path, img.id().to_string())
@@ -574,20 +667,22 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_vec_pretty(&meta)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if args.quiet {
+    // The image ID would corrupt an archive streamed on stdout.
+    if args.quiet && on_stdout == 0 {
         say(format!("{}", img.id()))?;
     }
     Ok(())
 }
 
 /// `single_id`: kiln runs in a single-id user namespace, where owners other than root cannot
-/// be set (a `type=local` export then keeps the files the user's own, as tar would).
+/// be set (a `type=tar` export then has root's files, as the snapshots do).
 fn export(
     store: &Store,
     img: &StoredImage,
     tags: &[ImageRef],
     out: &Output,
     single_id: bool,
+    warned: &mut std::collections::BTreeSet<String>,
 ) -> Result<()> {
     match out {
         Output::Oci {
@@ -599,41 +694,112 @@ fn export(
                 compression: *compression,
                 force_compression: compression.is_some(),
             };
-            if *tar {
-                write_oci_archive_file(store, img, tags, dest, &opts)?;
-            } else {
-                write_oci_dir(store, img, tags, dest, &opts)?;
+            match (dest, *tar) {
+                (Dest::Stdout, _) => {
+                    to_stdout(|w| write_oci_archive(store, img, tags, w, &opts).map(|_| ()))?
+                }
+                (Dest::Path(p), true) => {
+                    write_oci_archive_file(store, img, tags, p, &opts)?;
+                }
+                (Dest::Path(p), false) => {
+                    write_oci_dir(store, img, tags, p, &opts)?;
+                }
             }
         }
         Output::Docker { dest } => {
-            write_docker_archive_file(
-                store,
-                &[DockerArchiveImage {
-                    image: img,
-                    names: tags.to_vec(),
-                }],
-                dest,
-            )?;
+            let images = [DockerArchiveImage {
+                image: img,
+                names: tags.to_vec(),
+            }];
+            match dest {
+                Dest::Stdout => to_stdout(|w| write_docker_archive(store, &images, w))?,
+                Dest::Path(p) => write_docker_archive_file(store, &images, p)?,
+            }
+        }
+        Output::Tar { dest } => {
+            // The final filesystem, materialised in the store's temp dir (in the build's user
+            // namespace, so owners are the image's), then written as one deterministic tar.
+            let tmp = tempfile::Builder::new()
+                .prefix("export-")
+                .tempdir_in(store.tmp_dir())
+                .with_context(|| {
+                    format!("creating a directory in {}", store.tmp_dir().display())
+                })?;
+            let rootfs = tmp.path().join("rootfs");
+            let apply = ApplyOptions {
+                ownership: if single_id {
+                    kiln::layer::Ownership::BestEffort
+                } else {
+                    kiln::layer::Ownership::Auto
+                },
+                ..ApplyOptions::default()
+            };
+            apply_layers(store, img, &rootfs, &apply, warned)?;
+            let entries = kiln::layer::scan_dir(&rootfs, &kiln::layer::ScanOptions::default())?;
+            let write = |w: &mut dyn std::io::Write| {
+                let opts = WriteOptions {
+                    compression: Compression::Uncompressed,
+                    ..WriteOptions::default()
+                };
+                kiln::layer::write_layer(entries, &opts, w).map(|_| ())
+            };
+            match dest {
+                Dest::Stdout => to_stdout(write)?,
+                Dest::Path(p) => write_output_file(p, |w| write(w).map_err(Into::into))?,
+            }
         }
         Output::Local { dest } => {
-            std::fs::create_dir_all(dest)
-                .with_context(|| format!("creating {}", dest.display()))?;
-            for l in img.layers() {
-                let blob = store.open_blob(l.digest())?;
-                let apply = ApplyOptions {
-                    ownership: if single_id {
-                        kiln::layer::Ownership::BestEffort
-                    } else {
-                        kiln::layer::Ownership::Auto
-                    },
-                    ..ApplyOptions::default()
-                };
-                apply_layer(blob, dest, &apply)
-                    .with_context(|| format!("exporting to {}", dest.display()))?;
+            // Rootless, the files are the invoking user's (root of the namespace is the user
+            // outside it): the image's other owners cannot be set outside, and files of
+            // subordinate ids could not be removed by the user. Directories stay u+rwx so
+            // `rm -rf` works.
+            let rootless = kiln::exec::userns::in_user_namespace();
+            let apply = ApplyOptions {
+                ownership: if rootless {
+                    kiln::layer::Ownership::Ignore
+                } else {
+                    kiln::layer::Ownership::Auto
+                },
+                removable: rootless,
+                ..ApplyOptions::default()
+            };
+            let ignored = apply_layers(store, img, dest, &apply, warned)?;
+            if rootless && ignored > 0 {
+                eprintln!(
+                    "kiln: note: {} exported as your files: {ignored} entries of the image have \
+                     other owners, which a rootless local export cannot keep (type=tar keeps them)",
+                    dest.display()
+                );
             }
         }
     }
     Ok(())
+}
+
+/// Applies the image's layers, base first, into `dest`, and warns about device nodes that
+/// could not be created (in a user namespace), once per layer and command (`warned`: the
+/// layers already warned about). Returns the entries whose owner was not kept.
+fn apply_layers(
+    store: &Store,
+    img: &StoredImage,
+    dest: &Path,
+    apply: &ApplyOptions,
+    warned: &mut std::collections::BTreeSet<String>,
+) -> Result<u64> {
+    let mut ownership_ignored = 0;
+    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    for l in img.layers() {
+        let blob = store.open_blob(l.digest())?;
+        let report = apply_layer(blob, dest, apply)
+            .with_context(|| format!("exporting to {}", dest.display()))?;
+        if let Some(w) = report.skipped_devices_warning()
+            && warned.insert(l.digest().to_string())
+        {
+            eprintln!("kiln: warning: exporting layer {}: {w}", l.digest());
+        }
+        ownership_ignored += report.ownership_ignored;
+    }
+    Ok(ownership_ignored)
 }
 
 fn cmd_images(root: &Path) -> Result<()> {

@@ -780,7 +780,7 @@ fn ownership_policies() {
         dst.path(),
         &ApplyOptions {
             ownership: Ownership::Ignore,
-            xattrs: true,
+            ..ApplyOptions::default()
         },
     )
     .unwrap();
@@ -793,7 +793,7 @@ fn ownership_policies() {
         dst.path(),
         &ApplyOptions {
             ownership: Ownership::BestEffort,
-            xattrs: true,
+            ..ApplyOptions::default()
         },
     )
     .unwrap();

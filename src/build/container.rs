@@ -30,6 +30,9 @@ pub fn run_image(store: &Store, opts: &RunImageOptions) -> Result<ExitStatus, Bu
     let img = store.resolve(&opts.image)?;
     let fss = Filesystems::new(store, opts.single_id)?;
     let fs = fss.stage(img.layers(), &img.config.rootfs.diff_ids)?;
+    for (_, w) in fss.take_warnings() {
+        eprintln!("kiln: warning: {w}");
+    }
 
     let cc = img.config.config.clone().unwrap_or_default();
     let mut args = cc.entrypoint.clone();

@@ -98,6 +98,9 @@ pub struct StepRecord {
 pub struct BuildOutcome {
     pub image: StoredImage,
     pub steps: Vec<StepRecord>,
+    /// Digests of the layers whose unpacking was warned about (device nodes not created), so an
+    /// export of the same layers need not say it again.
+    pub warned_layers: std::collections::BTreeSet<String>,
 }
 
 /// A build failure. Dockerfile errors name `file:line` and the instruction.
@@ -211,6 +214,7 @@ pub fn build(
         stages: BTreeMap::new(),
         images: BTreeMap::new(),
         steps: Vec::new(),
+        warned_layers: Default::default(),
         step_extra: StepExtra::default(),
         current_step: 0,
         next_id: 1,
@@ -238,6 +242,7 @@ pub fn build(
     Ok(BuildOutcome {
         image,
         steps: b.steps,
+        warned_layers: b.warned_layers,
     })
 }
 
@@ -301,6 +306,7 @@ struct Builder<'a> {
     /// Filesystems of images read by `COPY --from=<image>` and `RUN --mount=from=<image>`.
     images: BTreeMap<String, StageFs>,
     steps: Vec<StepRecord>,
+    warned_layers: std::collections::BTreeSet<String>,
     step_extra: StepExtra,
     /// The id of the step running now (RUN output is reported under it).
     current_step: usize,
@@ -382,6 +388,7 @@ impl Builder<'_> {
             ))));
         }
         let fs = self.fss.stage(&layers, &diff_ids)?;
+        self.report_fs_warnings();
         let env: Vec<(String, String)> = config
             .config
             .as_ref()
@@ -852,6 +859,7 @@ impl Builder<'_> {
             .resolve_image(from)
             .map_err(|m| self.step_error(inst, m))?;
         let fs = self.fss.stage(img.layers(), &img.config.rootfs.diff_ids)?;
+        self.report_fs_warnings();
         let path = fs.root().to_path_buf();
         self.images.insert(from.to_string(), fs);
         Ok(path)
@@ -867,8 +875,20 @@ impl Builder<'_> {
         let (written, desc) = self.store.put_layer(entries, &self.write_options())?;
         self.fss
             .push_layer(&mut state.fs, &desc, &written.diff_id)?;
+        self.report_fs_warnings();
         self.record_layer(state, written.diff_id, &desc, created_by);
         Ok(desc)
+    }
+
+    /// Says once what unpacking layers could not reproduce (device nodes in a user namespace).
+    fn report_fs_warnings(&mut self) {
+        for (digest, w) in self.fss.take_warnings() {
+            if self.warned_layers.insert(digest) {
+                self.progress.event(&Event::Notice {
+                    message: format!("warning: {w}"),
+                });
+            }
+        }
     }
 
     fn write_options(&self) -> WriteOptions {

@@ -16,8 +16,8 @@ use crate::exec::mount::{MountGuard, mount_overlay};
 use crate::exec::{RootfsSpec, RunReport};
 use crate::image::{Descriptor, ImageError, Store};
 use crate::layer::{
-    ApplyOptions, DiffId, DiffOptions, LayerEntry, Ownership, SnapshotStore, apply_layer,
-    diff_trees, diff_upperdir,
+    ApplyOptions, ApplyReport, DiffId, DiffOptions, Ensured, LayerEntry, Ownership, SnapshotStore,
+    apply_layer, diff_trees, diff_upperdir,
 };
 
 /// Which snapshotter a build uses.
@@ -81,6 +81,9 @@ pub struct Filesystems<'a> {
     apply: ApplyOptions,
     /// `<store>/snapshots/.empty`: the bottom layer of views with fewer than two lowers.
     empty: PathBuf,
+    /// What unpacking layers could not reproduce (device nodes a user namespace cannot make):
+    /// (layer digest, line), until [`take_warnings`](Filesystems::take_warnings).
+    warnings: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 /// One stage's filesystem.
@@ -182,6 +185,7 @@ impl<'a> Filesystems<'a> {
             snapshotter,
             apply,
             empty,
+            warnings: Default::default(),
         })
     }
 
@@ -233,8 +237,9 @@ impl<'a> Filesystems<'a> {
         match &fs.view {
             View::Overlay { .. } => {
                 let store = self.store;
-                self.snapshots
-                    .ensure(diff_id, || {
+                let ensured = self
+                    .snapshots
+                    .ensure_with_report(diff_id, || {
                         store
                             .open_blob(desc.digest())
                             .map_err(|e| std::io::Error::other(e.to_string()))
@@ -245,19 +250,37 @@ impl<'a> Filesystems<'a> {
                             desc.digest()
                         )))
                     })?;
+                // A snapshot is unpacked once per store: what it lacks is said then.
+                if let Ensured::Unpacked(_, report) = &ensured {
+                    self.note(desc, report);
+                }
             }
             View::Copy { dir } => {
                 let blob = self.store.open_blob(desc.digest())?;
-                apply_layer(blob, dir.path(), &self.apply).map_err(|e| {
+                let report = apply_layer(blob, dir.path(), &self.apply).map_err(|e| {
                     StageFsError::Image(ImageError::Invalid(format!(
                         "applying layer {}: {e}",
                         desc.digest()
                     )))
                 })?;
+                self.note(desc, &report);
             }
         }
         fs.diff_ids.push(*diff_id);
         Ok(())
+    }
+
+    fn note(&self, desc: &Descriptor, report: &ApplyReport) {
+        if let Some(w) = report.skipped_devices_warning() {
+            let digest = desc.digest().to_string();
+            let line = format!("layer {digest}: {w}");
+            self.warnings.borrow_mut().push((digest, line));
+        }
+    }
+
+    /// The warnings gathered since the last call, as (layer digest, line).
+    pub fn take_warnings(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.warnings.borrow_mut())
     }
 
     /// Adds a layer written on top of the stage (COPY, ADD, WORKDIR) and refreshes the view.

@@ -532,12 +532,37 @@ fn write_tar<W: Write>(
     Ok(())
 }
 
-/// Writes `dest` through `f` into a temp file beside it, fsyncs, renames into place; on error
-/// the temp file is removed and `dest` is untouched.
+/// Writes the file output `dest` through `f`.
+///
+/// A `dest` that is absent or a regular file is replaced atomically: a temp file beside it,
+/// fsynced, renamed into place; on error the temp file is removed and `dest` is untouched.
+/// Anything else that exists there (a symlink, `/dev/stdout`, a fifo, a character device) is
+/// written *through*, as a shell's `>` does: opened for writing (a symlink followed, a regular
+/// file it reaches truncated), never unlinked or renamed over. A directory is an error.
+pub fn write_output_file(
+    dest: &Path,
+    f: impl FnOnce(&mut dyn Write) -> Result<(), ImageError>,
+) -> Result<(), ImageError> {
+    write_file_atomic(dest, |w| f(w))
+}
+
 fn write_file_atomic(
     dest: &Path,
     f: impl FnOnce(&mut BufWriter<File>) -> Result<(), ImageError>,
 ) -> Result<(), ImageError> {
+    match fs::symlink_metadata(dest) {
+        Ok(md) if md.is_file() => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Ok(md) if md.is_dir() => {
+            return Err(ImageError::io(
+                "writing",
+                dest,
+                io::Error::new(io::ErrorKind::IsADirectory, "is a directory"),
+            ));
+        }
+        Ok(_) => return write_through(dest, f),
+        Err(e) => return Err(ImageError::io("reading", dest, e)),
+    }
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -549,8 +574,13 @@ fn write_file_atomic(
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.kiln-tmp-{}-{n}", std::process::id()));
+    // create_new: kiln never opens, and so never removes, a temp file it did not make.
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| ImageError::io("creating", &tmp, e))?;
     let res = (|| -> Result<(), ImageError> {
-        let file = File::create(&tmp).map_err(|e| ImageError::io("creating", &tmp, e))?;
         let mut w = BufWriter::with_capacity(256 * 1024, file);
         f(&mut w)?;
         let file = w
@@ -565,6 +595,36 @@ fn write_file_atomic(
     }
     res?;
     sync_dir(&dir)
+}
+
+/// Writes through an existing non-regular `dest` (see [`write_output_file`]).
+fn write_through(
+    dest: &Path,
+    f: impl FnOnce(&mut BufWriter<File>) -> Result<(), ImageError>,
+) -> Result<(), ImageError> {
+    if fs::metadata(dest).is_ok_and(|m| m.is_dir()) {
+        return Err(ImageError::io(
+            "writing",
+            dest,
+            io::Error::new(io::ErrorKind::IsADirectory, "leads to a directory"),
+        ));
+    }
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dest)
+        .map_err(|e| ImageError::io("opening", dest, e))?;
+    let mut w = BufWriter::with_capacity(256 * 1024, file);
+    f(&mut w)?;
+    let file = w
+        .into_inner()
+        .map_err(|e| ImageError::io("writing", dest, e.into_error()))?;
+    if file.metadata().is_ok_and(|m| m.is_file()) {
+        file.sync_all()
+            .map_err(|e| ImageError::io("syncing", dest, e))?;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ImageError> {

@@ -27,7 +27,7 @@ pub use config::{
 };
 pub use export::{
     DockerArchiveImage, OciExportOptions, write_docker_archive, write_docker_archive_file,
-    write_oci_archive, write_oci_archive_file, write_oci_dir,
+    write_oci_archive, write_oci_archive_file, write_oci_dir, write_output_file,
 };
 pub use load::{ImportOptions, LoadOptions, LoadedImage, import, load, load_file};
 pub use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest, MediaType};

@@ -64,7 +64,8 @@ pub enum Ownership {
     /// EINVAL (an id outside the user namespace's map) are counted in
     /// [`ApplyReport::ownership_ignored`], not errors.
     BestEffort,
-    /// Never change owners.
+    /// Never change owners (entries whose owner differs from what the file got are counted in
+    /// [`ApplyReport::ownership_ignored`]).
     Ignore,
 }
 
@@ -75,6 +76,9 @@ pub struct ApplyOptions {
     pub ownership: Ownership,
     /// Apply `SCHILY.xattr.*` extended attributes of regular files (default true).
     pub xattrs: bool,
+    /// Give every directory at least `u+rwx`, so that whoever applied the layers can remove the
+    /// tree without privileges (a rootless `-o type=local` export; default false).
+    pub removable: bool,
 }
 
 impl Default for ApplyOptions {
@@ -82,6 +86,7 @@ impl Default for ApplyOptions {
         ApplyOptions {
             ownership: Ownership::Auto,
             xattrs: true,
+            removable: false,
         }
     }
 }
@@ -97,10 +102,37 @@ pub struct ApplyReport {
     pub media_type: &'static str,
     /// Number of archive entries applied (whiteouts included).
     pub entries: u64,
-    /// Owner changes skipped under [`Ownership::BestEffort`].
+    /// Owner changes skipped under [`Ownership::BestEffort`] and [`Ownership::Ignore`].
     pub ownership_ignored: u64,
-    /// Things that were not applied exactly, one line each, naming the entry.
+    /// Device nodes that could not be created (unprivileged, or in a user namespace), by
+    /// their path in the layer.
+    pub skipped_devices: Vec<PathBuf>,
+    /// Other things that were not applied exactly, one line each, naming the entry.
     pub warnings: Vec<String>,
+}
+
+impl ApplyReport {
+    /// One line about the skipped device nodes (naming up to ten), if there were any.
+    pub fn skipped_devices_warning(&self) -> Option<String> {
+        let n = self.skipped_devices.len();
+        if n == 0 {
+            return None;
+        }
+        let mut names: Vec<String> = self
+            .skipped_devices
+            .iter()
+            .take(10)
+            .map(|p| format!("/{}", p.display()))
+            .collect();
+        if n > 10 {
+            names.push(format!("and {} more", n - 10));
+        }
+        Some(format!(
+            "{n} device node{} not created (a user namespace cannot make devices): {}",
+            if n == 1 { "" } else { "s" },
+            names.join(", ")
+        ))
+    }
 }
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
@@ -184,6 +216,7 @@ pub fn apply_layer_with_whiteouts<R: Read>(
     archive.set_mask(0);
 
     let mut ap = Applier::new(root, ownership, opts.xattrs, whiteouts);
+    ap.removable = opts.removable;
     let read_err = |e| LayerError::stream("reading the layer archive", e);
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
@@ -200,6 +233,7 @@ pub fn apply_layer_with_whiteouts<R: Read>(
         media_type,
         entries: ap.entries,
         ownership_ignored: ap.ownership_ignored,
+        skipped_devices: ap.skipped_devices,
         warnings: ap.warnings,
     })
 }
@@ -235,6 +269,8 @@ struct Applier {
     root: PathBuf,
     ownership: Ownership,
     xattrs: bool,
+    /// See [`ApplyOptions::removable`].
+    removable: bool,
     whiteouts: WhiteoutMode,
     /// Where this layer's entries were written (resolved paths): whiteouts never remove them.
     written: HashSet<PathBuf>,
@@ -250,6 +286,7 @@ struct Applier {
     parent_cache: Option<(Vec<OsString>, PathBuf)>,
     entries: u64,
     ownership_ignored: u64,
+    skipped_devices: Vec<PathBuf>,
     warnings: Vec<String>,
 }
 
@@ -306,6 +343,7 @@ impl Applier {
             root,
             ownership,
             xattrs,
+            removable: false,
             whiteouts,
             written: HashSet::new(),
             ancestors: HashSet::new(),
@@ -313,6 +351,7 @@ impl Applier {
             parent_cache: None,
             entries: 0,
             ownership_ignored: 0,
+            skipped_devices: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -493,7 +532,8 @@ impl Applier {
         })
     }
 
-    /// Resolves (and creates, mode 0755) the parent directory of an entry.
+    /// Resolves (and creates, mode 0755) the parent directory of an entry, as
+    /// [`layer_parent`](Self::layer_parent) does.
     fn parent(&mut self, comps: &[OsString], name: &Path) -> Result<PathBuf, LayerError> {
         if let Some((c, p)) = &self.parent_cache
             && c.as_slice() == comps
@@ -501,24 +541,85 @@ impl Applier {
             return Ok(p.clone());
         }
         let parent = self
-            .resolve(comps)
-            .map_err(|e| LayerError::entry(name, "resolving the parent directory", e))?;
-        match fs::symlink_metadata(&parent) {
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => {
-                return Err(LayerError::invalid(
-                    name,
-                    "a parent of the entry is not a directory",
-                ));
-            }
-            Err(_) => DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&parent)
-                .map_err(|e| LayerError::entry(name, "creating parent directories", e))?,
-        }
+            .layer_parent(comps, name, true)?
+            .expect("created when missing");
         self.parent_cache = Some((comps.to_vec(), parent.clone()));
         Ok(parent)
+    }
+
+    /// Resolves the directory `comps` of an entry as the layer's own snapshot sees it in an
+    /// overlay mount, so that applying layers into one directory gives the tree a RUN sees:
+    /// symlinks this layer wrote are followed (inside the root), but a non-directory that was
+    /// there before the layer (a lower layer's symlink or file) is replaced by a directory, mode
+    /// 0755, as the layer's directory hides it in the mount (OCI: a directory replaces a
+    /// non-directory). Missing directories are created (mode 0755) when `create`; otherwise the
+    /// answer is `None`.
+    fn layer_parent(
+        &mut self,
+        comps: &[OsString],
+        name: &Path,
+        create: bool,
+    ) -> Result<Option<PathBuf>, LayerError> {
+        let resolve_err = |e| LayerError::entry(name, "resolving the parent directory", e);
+        let written = &self.written;
+        let mut probe = |p: &Path| -> io::Result<Probe> {
+            let md = match fs::symlink_metadata(p) {
+                Ok(md) => md,
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.kind() == io::ErrorKind::NotADirectory =>
+                {
+                    return Ok(Probe::Absent);
+                }
+                Err(e) => return Err(e),
+            };
+            Ok(if md.is_dir() {
+                Probe::Dir
+            } else if !written.contains(p) {
+                // To be replaced by a directory below.
+                Probe::Absent
+            } else if md.file_type().is_symlink() {
+                Probe::Symlink(fs::read_link(p)?)
+            } else {
+                Probe::Other
+            })
+        };
+        let parent =
+            resolve_with(&self.root, comps, true, false, &mut probe).map_err(|e| match e {
+                ResolveError::Probe(e) => resolve_err(e),
+                ResolveError::SymlinkLoop(_) | ResolveError::NotADirectory(_) => {
+                    resolve_err(io::Error::other("too many levels of symbolic links"))
+                }
+            })?;
+        let rel = parent
+            .strip_prefix(&self.root)
+            .expect("resolved under the root")
+            .to_path_buf();
+        let mut cur = self.root.clone();
+        for c in rel.components() {
+            cur.push(c);
+            match fs::symlink_metadata(&cur) {
+                Ok(md) if md.is_dir() => continue,
+                Ok(_) if self.written.contains(&cur) => {
+                    return Err(LayerError::invalid(
+                        name,
+                        "a parent of the entry is not a directory",
+                    ));
+                }
+                Ok(md) => self.remove(&cur, &md, name)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !create {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(resolve_err(e)),
+            }
+            DirBuilder::new()
+                .mode(0o755)
+                .create(&cur)
+                .map_err(|e| LayerError::entry(name, "creating parent directories", e))?;
+        }
+        Ok(Some(parent))
     }
 
     /// Resolves cleaned components inside the root, following every symlink met (its target
@@ -587,7 +688,15 @@ impl Applier {
             }
         };
         match self.ownership {
-            Ownership::Ignore | Ownership::Auto => Ok(false),
+            Ownership::Auto => Ok(false),
+            Ownership::Ignore => {
+                if current.is_some_and(|md| {
+                    (u64::from(md.uid()), u64::from(md.gid())) != (meta.uid, meta.gid)
+                }) {
+                    self.ownership_ignored += 1;
+                }
+                Ok(false)
+            }
             Ownership::Preserve => {
                 if tar_did_it && !meta.pax_ids {
                     return Ok(false);
@@ -760,8 +869,10 @@ impl Applier {
             if is_fifo {
                 return Err(LayerError::invalid(name, format!("mknod failed: {msg}")));
             }
-            self.warnings
-                .push(format!("{}: device node skipped: {msg}", name.display()));
+            let _ = msg; // reported by count and names: ApplyReport::skipped_devices_warning
+            let rel = join_rel(&clean(name.as_os_str().as_bytes()));
+            self.skipped_devices
+                .push(PathBuf::from(OsString::from_vec(rel)));
             return Ok(false);
         }
         let t = system_time(meta.mtime);
@@ -807,14 +918,12 @@ impl Applier {
         if let WhiteoutMode::Overlay { xattr_prefix } = self.whiteouts {
             return self.overlay_whiteout(name, parent_comps, last, hidden, xattr_prefix);
         }
-        let parent = self
-            .resolve(parent_comps)
-            .map_err(|e| LayerError::entry(name, "resolving the whiteout's directory", e))?;
+        // Through a lower layer's symlink nothing is deleted: the whiteout's directory replaces
+        // it, as in the overlay mount.
+        let Some(parent) = self.layer_parent(parent_comps, name, false)? else {
+            return Ok(());
+        };
         if last == OPAQUE_WHITEOUT.as_bytes() {
-            match fs::symlink_metadata(&parent) {
-                Ok(md) if md.is_dir() => {}
-                _ => return Ok(()),
-            }
             return self.opaque(&parent, name);
         }
         if hidden.is_empty()
@@ -955,7 +1064,12 @@ impl Applier {
                     d.layer_path.display()
                 ));
             }
-            if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(d.mode)) {
+            let mode = if self.removable {
+                d.mode | 0o700
+            } else {
+                d.mode
+            };
+            if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
                 self.warnings.push(format!(
                     "{}: directory mode not set: {e}",
                     d.layer_path.display()

@@ -59,14 +59,9 @@ impl Built {
             .mode()
             & 0o7777
     }
-    /// The owner of `p` as IMAGE ids: for an unprivileged runner the host ids of the exported
-    /// file are translated back through the runner's user-namespace map (see [`Runner::to_image_ids`]).
+    /// The owner of `p` as IMAGE ids (for an unprivileged runner the result was exported as a
+    /// tar and unpacked by root with its numeric owners: see [`try_build_as`]).
     pub fn owner(&self, p: &str) -> (u32, u32) {
-        let m = self.path(p).symlink_metadata().unwrap();
-        self.who.to_image_ids(m.uid(), m.gid())
-    }
-    /// The owner of `p` as the host sees it (no translation).
-    pub fn host_owner(&self, p: &str) -> (u32, u32) {
         let m = self.path(p).symlink_metadata().unwrap();
         (m.uid(), m.gid())
     }
@@ -220,7 +215,9 @@ pub fn try_build_env(
 }
 
 /// `kiln --root ROOT build -f DOCKERFILE -o type=local,dest=OUT --iidfile … --metadata-file …
-/// EXTRA CTX` run as `who`. The Dockerfile is written into `ctx` for the build and removed after.
+/// EXTRA CTX` run as `who`. For a user the output is `-o type=tar,dest=FILE` instead, unpacked
+/// into OUT by this (root) process with the image's numeric owners: a rootless `type=local`
+/// export gives every file to the user, so it cannot show the image's owners. The Dockerfile is written into `ctx` for the build and removed after.
 /// For a user the context is first chowned (recursively) to the user and must be reachable
 /// (every parent searchable by others: make it with [`runner_dir`]); the output and the id/metadata
 /// files go to directories the user owns; the environment is clean (HOME, PATH, TMPDIR, then
@@ -244,6 +241,11 @@ pub fn try_build_as(
     let files = runner_dir(who);
     let iid = files.path().join("iid");
     let meta = files.path().join("metadata.json");
+    let rootfs_tar = files.path().join("rootfs.tar");
+    let output_spec = match who {
+        Runner::Root => format!("type=local,dest={}", out.path().display()),
+        Runner::User(_) => format!("type=tar,dest={}", rootfs_tar.display()),
+    };
     let mut cmd = kiln_as(who);
     for (k, v) in env {
         cmd.env(k, v);
@@ -255,7 +257,7 @@ pub fn try_build_as(
         .arg("-f")
         .arg(&df)
         .arg("-o")
-        .arg(format!("type=local,dest={}", out.path().display()))
+        .arg(output_spec)
         .arg("--iidfile")
         .arg(&iid)
         .arg("--metadata-file")
@@ -266,6 +268,20 @@ pub fn try_build_as(
         .output()
         .unwrap();
     std::fs::remove_file(&df).unwrap();
+    if rootfs_tar.exists() {
+        let st = std::process::Command::new("tar")
+            .args(["-x", "--numeric-owner", "--same-owner", "-p", "-f"])
+            .arg(&rootfs_tar)
+            .arg("-C")
+            .arg(out.path())
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "unpacking the type=tar export: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
     let id = std::fs::read_to_string(&iid).unwrap_or_default();
     let metadata = std::fs::read(&meta)
         .ok()
