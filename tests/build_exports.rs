@@ -606,7 +606,7 @@ fn kinds(root: &Path, paths: &[&str]) -> Vec<String> {
 fn local_export_is_the_tree_run_sees() {
     let test = "local_export_is_the_tree_run_sees";
     if !is_root() {
-        eprintln!("SKIP {test}: needs root");
+        common::skip(test, "needs root");
         return;
     }
     use tar::EntryType as T;
