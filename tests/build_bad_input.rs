@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::build::{
-    Built, blob_contents, build, busybox_rootfs, have, import_busybox, make_tree, skopeo_inspect,
-    try_build,
+    Built, blob_contents, build, build_error, busybox_rootfs, have, import_busybox, make_tree,
+    skopeo_inspect, try_build,
 };
 use common::host::{kiln_mounts, procs_with};
 
@@ -1059,4 +1059,175 @@ fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
         before,
         "something was written outside the store"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// error messages
+
+/// The error line of a failed build's stderr (`error: …`).
+fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"))
+}
+
+#[test]
+fn errors_name_the_file_line_and_instruction_once() {
+    let store = tempfile::tempdir().unwrap();
+    let ctx = tempfile::tempdir().unwrap();
+    make_tree(ctx.path(), &["x=x"]);
+    // The message after `error: <ctx>/`.
+    let prefix = format!("error: {}/", ctx.path().display());
+    let err = |df: &str, extra: &[&str]| {
+        let stderr = build_error(store.path(), ctx.path(), df, extra);
+        let line = error_line(&stderr);
+        line.strip_prefix(&prefix).unwrap_or(line).to_string()
+    };
+    // A file-wide error has no line to name: no `:?`.
+    let e = err("", &[]);
+    assert_eq!(e, "Dockerfile.kiln-test: the Dockerfile cannot be empty");
+    let e = err("FROM scratch AS a\nCOPY x /x\n", &["--target", "nope"]);
+    assert_eq!(
+        e,
+        "Dockerfile.kiln-test: target stage \"nope\" could not be found"
+    );
+    // A parse error names the instruction as written; an unknown flag suggests the flag.
+    let e = err("FROM scratch\nCOPY --foo x /\n", &[]);
+    assert_eq!(
+        e,
+        "Dockerfile.kiln-test:2: COPY --foo x /: unknown flag: --foo (did you mean --from?)"
+    );
+    let e = err("FROM scratch\nRUNN x\n", &[]);
+    assert_eq!(
+        e,
+        "Dockerfile.kiln-test:2: RUNN x: unknown instruction: RUNN (did you mean RUN?)"
+    );
+    // An invalid tag says its reason once.
+    for (tag, reason) in [
+        ("Bad:Tag", "must be lowercase"),
+        ("a:b:c", "invalid tag \"b:c\""),
+    ] {
+        let e = err("FROM scratch\nCOPY x /x\n", &["-t", tag]);
+        assert_eq!(e.matches(reason).count(), 1, "{e}");
+        assert_eq!(e.matches("invalid reference format").count(), 1, "{e}");
+    }
+}
+
+#[test]
+fn an_invalid_dockerignore_pattern_is_named_with_its_line() {
+    let store = tempfile::tempdir().unwrap();
+    let ctx = tempfile::tempdir().unwrap();
+    make_tree(
+        ctx.path(),
+        &["x=x", ".dockerignore=ok\n# a comment\n\nsub/[z\n"],
+    );
+    let stderr = build_error(store.path(), ctx.path(), "FROM scratch\nCOPY x /x\n", &[]);
+    let e = error_line(&stderr);
+    let want = format!(
+        "{}:4: sub/[z: syntax error in pattern",
+        ctx.path().join(".dockerignore").display()
+    );
+    assert!(e.contains(&want), "{e}\nwant {want}");
+}
+
+/// A tmpfs of `size` at a new temporary directory, unmounted when dropped.
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    fn new(size: &str) -> SmallFs {
+        let d = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        SmallFs(d)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_names_the_step() {
+    const T: &str = "a_full_disk_names_the_step";
+    if !common::build::is_root() {
+        common::skip(T, "mounting a small tmpfs needs root");
+        return;
+    }
+    let Some(tar) = busybox_rootfs(T) else {
+        return;
+    };
+    let fs = SmallFs::new("12m");
+    let store = fs.0.path().join("store");
+    import_busybox(&tar, &store);
+    let ctx = tempfile::tempdir().unwrap();
+    random_file(&ctx.path().join("big"), 7 << 20, 7);
+    let stderr = build_error(&store, ctx.path(), "FROM busybox\nCOPY big /big\n", &[]);
+    let e = error_line(&stderr);
+    assert!(
+        e.contains("/Dockerfile.kiln-test:2: COPY big /big: ")
+            && e.contains("No space left on device"),
+        "{e}"
+    );
+    // The store still reads.
+    let out = common::kiln()
+        .arg("--root")
+        .arg(&store)
+        .args(["inspect", "busybox"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn the_no_subordinate_ids_hint_suggests_a_free_range() {
+    use common::build::{Runner, runner_store, try_build_as};
+    const T: &str = "the_no_subordinate_ids_hint_suggests_a_free_range";
+    let who = Runner::User("kiln-nosubid");
+    let Some(store) = runner_store(who, T) else {
+        return;
+    };
+    let ctx = common::build::runner_dir(who);
+    let b = try_build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        "FROM busybox\nRUN true\n",
+        &[],
+        &[],
+    );
+    let stderr = b.stderr();
+    let hint = stderr
+        .split("--add-subuids ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no hint in:\n{stderr}"));
+    let (start, end) = hint.split_once('-').unwrap();
+    let (start, end): (u64, u64) = (start.parse().unwrap(), end.parse().unwrap());
+    assert_eq!(end - start + 1, 65536, "{hint}");
+    assert!(
+        stderr.contains(&format!("--add-subgids {hint} kiln-nosubid")),
+        "{stderr}"
+    );
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        for line in std::fs::read_to_string(file).unwrap_or_default().lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            let (Some(s), Some(n)) = (
+                f.get(1).and_then(|s| s.parse::<u64>().ok()),
+                f.get(2).and_then(|s| s.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            assert!(
+                end < s || start >= s + n,
+                "the hint {hint} overlaps {file}: {line}"
+            );
+        }
+    }
 }

@@ -106,10 +106,14 @@ pub struct BuildOutcome {
 /// A build failure. Dockerfile errors name `file:line` and the instruction.
 #[derive(Debug, Error)]
 pub enum BuildError {
-    #[error("{file}:{line}: {message}", line = line.map(|l| l.to_string()).unwrap_or_else(|| "?".into()))]
+    /// The Dockerfile as a whole (`line: None`: empty, no such `--target`…) or one line of it
+    /// before any step runs; `instruction` is that line's text when the message does not
+    /// already begin with it.
+    #[error("{file}{}: {message}", place(*line, instruction.as_deref()))]
     Dockerfile {
         file: String,
         line: Option<usize>,
+        instruction: Option<String>,
         message: String,
     },
     #[error("{file}:{line}: {instruction}: {message}")]
@@ -136,6 +140,34 @@ pub enum BuildError {
         #[source]
         source: crate::exec::ExecError,
     },
+}
+
+/// `:LINE` and `: INSTRUCTION` for a [`BuildError::Dockerfile`], as far as they are known.
+fn place(line: Option<usize>, instruction: Option<&str>) -> String {
+    match (line, instruction) {
+        (None, _) => String::new(),
+        (Some(l), None) => format!(":{l}"),
+        (Some(l), Some(i)) => format!(":{l}: {i}"),
+    }
+}
+
+/// A [`BuildError::Dockerfile`] naming the instruction at `line` of `text` (its first physical
+/// line, trimmed and cut at 80 characters), unless `message` already starts with it.
+fn dockerfile_error(file: &str, text: &str, line: Option<usize>, message: String) -> BuildError {
+    let instruction = line
+        .and_then(|l| text.lines().nth(l.checked_sub(1)?))
+        .map(|l| l.trim().trim_end_matches('\\').trim_end())
+        .filter(|l| !l.is_empty() && !message.starts_with(l))
+        .map(|l| match l.char_indices().nth(80) {
+            Some((cut, _)) => format!("{}…", &l[..cut]),
+            None => l.to_string(),
+        });
+    BuildError::Dockerfile {
+        file: file.to_string(),
+        line,
+        instruction,
+        message,
+    }
 }
 
 /// What COPY and ADD share, as written (unexpanded).
@@ -171,11 +203,8 @@ pub fn build(
     progress: &mut dyn Progress,
 ) -> Result<BuildOutcome, BuildError> {
     let file = opts.dockerfile_name.clone();
-    let df = plan::load(&opts.dockerfile).map_err(|e| BuildError::Dockerfile {
-        file: file.clone(),
-        line: e.line,
-        message: e.message,
-    })?;
+    let df = plan::load(&opts.dockerfile)
+        .map_err(|e| dockerfile_error(&file, &opts.dockerfile, e.line, e.message))?;
     let mut build_args = opts.build_args.clone();
     if let Some(sde) = opts.source_date_epoch
         && !build_args.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH")
@@ -190,11 +219,7 @@ pub fn build(
             platform: None,
         },
     )
-    .map_err(|e| BuildError::Dockerfile {
-        file: file.clone(),
-        line: e.line,
-        message: e.message,
-    })?;
+    .map_err(|e| dockerfile_error(&file, &opts.dockerfile, e.line, e.message))?;
 
     let filter = context_filter(opts)?;
     let fss = Filesystems::new(store, opts.single_id)?;
@@ -257,10 +282,13 @@ fn context_filter(opts: &BuildOptions) -> Result<ContextFilter, BuildError> {
     }
     candidates.push(opts.context.join(".dockerignore"));
     let mut exclude = Vec::new();
+    let mut source: Option<(PathBuf, String)> = None;
     for c in candidates {
         match std::fs::read(&c) {
             Ok(bytes) => {
-                exclude = read_ignore_file(&String::from_utf8_lossy(&bytes));
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                exclude = read_ignore_file(&text);
+                source = Some((c, text));
                 break;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -276,9 +304,30 @@ fn context_filter(opts: &BuildOptions) -> Result<ContextFilter, BuildError> {
         include: Vec::new(),
         exclude,
     })
-    .map_err(|e| BuildError::Context {
-        path: opts.context.join(".dockerignore"),
-        message: e.to_string(),
+    .map_err(|e| {
+        let Some((path, text)) = source else {
+            return BuildError::Context {
+                path: opts.context.join(".dockerignore"),
+                message: e.to_string(),
+            };
+        };
+        // Name the first line whose pattern is refused on its own: the matcher only says that
+        // one of them is.
+        let bad = text.split('\n').enumerate().find_map(|(i, line)| {
+            let patterns = read_ignore_file(line);
+            let err = crate::context::PatternMatcher::new(&patterns).err()?;
+            Some((i + 1, line.trim().to_string(), err))
+        });
+        match bad {
+            Some((line, pattern, err)) => BuildError::Context {
+                path: PathBuf::from(format!("{}:{line}", path.display())),
+                message: format!("{pattern}: {err}"),
+            },
+            None => BuildError::Context {
+                path,
+                message: e.to_string(),
+            },
+        }
     })
 }
 
@@ -326,6 +375,27 @@ impl Builder<'_> {
         }
     }
 
+    /// `e` as an error of the step `inst` (a full disk while writing its layer, a snapshot that
+    /// cannot be unpacked…), with its causes, unless it already names its place.
+    fn at_step(&self, inst: &Instruction, e: BuildError) -> BuildError {
+        match e {
+            BuildError::Step { .. } | BuildError::Dockerfile { .. } => e,
+            other => {
+                let mut message = other.to_string();
+                let mut cause = std::error::Error::source(&other);
+                while let Some(c) = cause {
+                    let text = c.to_string();
+                    if !message.ends_with(&text) {
+                        message.push_str(": ");
+                        message.push_str(&text);
+                    }
+                    cause = c.source();
+                }
+                self.step_error(inst, message)
+            }
+        }
+    }
+
     fn stage_label(&self, index: usize) -> String {
         self.df.stages[index]
             .name
@@ -362,13 +432,14 @@ impl Builder<'_> {
                 (s.config.clone(), s.layers.clone())
             }
             Base::Image { reference } => {
-                let img =
-                    self.resolve_image(reference)
-                        .map_err(|message| BuildError::Dockerfile {
-                            file: self.file.clone(),
-                            line: Some(stage.location.start_line),
-                            message,
-                        })?;
+                let img = self.resolve_image(reference).map_err(|message| {
+                    dockerfile_error(
+                        &self.file,
+                        &self.opts.dockerfile,
+                        Some(stage.location.start_line),
+                        message,
+                    )
+                })?;
                 (img.config.clone(), img.layers().to_vec())
             }
         };
@@ -431,7 +502,9 @@ impl Builder<'_> {
         for trigger in triggers {
             let inst = self.parse_trigger(&trigger, stage.location.start_line)?;
             let (id, started) = self.start_step(format!("[{label}] ONBUILD {}", inst.original));
-            let layer = self.dispatch(&mut state, &inst)?;
+            let layer = self
+                .dispatch(&mut state, &inst)
+                .map_err(|e| self.at_step(&inst, e))?;
             self.finish_step(
                 id,
                 started,
@@ -448,7 +521,10 @@ impl Builder<'_> {
                 i + 2,
                 inst.original.trim()
             ));
-            match self.dispatch(&mut state, inst) {
+            match self
+                .dispatch(&mut state, inst)
+                .map_err(|e| self.at_step(inst, e))
+            {
                 Ok(layer) => self.finish_step(
                     id,
                     started,
@@ -501,10 +577,13 @@ impl Builder<'_> {
     }
 
     fn parse_trigger(&self, trigger: &str, line: usize) -> Result<Instruction, BuildError> {
-        let err = |message: String| BuildError::Dockerfile {
-            file: self.file.clone(),
-            line: Some(line),
-            message: format!("ONBUILD trigger {trigger:?}: {message}"),
+        let err = |message: String| {
+            dockerfile_error(
+                &self.file,
+                &self.opts.dockerfile,
+                Some(line),
+                format!("ONBUILD trigger {trigger:?}: {message}"),
+            )
         };
         let parsed = df_mod::parse(trigger).map_err(|e| err(e.message))?;
         if parsed.ast.children.len() != 1 {

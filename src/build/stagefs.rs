@@ -60,6 +60,14 @@ pub enum StageFsError {
     Layer(#[from] crate::layer::LayerError),
     #[error(transparent)]
     Exec(#[from] crate::exec::ExecError),
+    /// A layer could not be unpacked into its snapshot (or applied to a stage directory).
+    #[error("{action} layer {digest}")]
+    Unpack {
+        action: &'static str,
+        digest: String,
+        #[source]
+        source: crate::layer::LayerError,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -244,11 +252,10 @@ impl<'a> Filesystems<'a> {
                             .open_blob(desc.digest())
                             .map_err(|e| std::io::Error::other(e.to_string()))
                     })
-                    .map_err(|e| {
-                        StageFsError::Image(ImageError::Invalid(format!(
-                            "unpacking layer {}: {e}",
-                            desc.digest()
-                        )))
+                    .map_err(|source| StageFsError::Unpack {
+                        action: "unpacking",
+                        digest: desc.digest().to_string(),
+                        source,
                     })?;
                 // A snapshot is unpacked once per store: what it lacks is said then.
                 if let Ensured::Unpacked(_, report) = &ensured {
@@ -257,11 +264,12 @@ impl<'a> Filesystems<'a> {
             }
             View::Copy { dir } => {
                 let blob = self.store.open_blob(desc.digest())?;
-                let report = apply_layer(blob, dir.path(), &self.apply).map_err(|e| {
-                    StageFsError::Image(ImageError::Invalid(format!(
-                        "applying layer {}: {e}",
-                        desc.digest()
-                    )))
+                let report = apply_layer(blob, dir.path(), &self.apply).map_err(|source| {
+                    StageFsError::Unpack {
+                        action: "applying",
+                        digest: desc.digest().to_string(),
+                        source,
+                    }
                 })?;
                 self.note(desc, &report);
             }

@@ -340,7 +340,7 @@ impl<'a> Flags<'a> {
             let Some(&(key, kind)) = spec.iter().find(|(n, _)| *n == name) else {
                 let names: Vec<&str> = spec.iter().map(|(n, _)| *n).collect();
                 return Err(match suggest(name, &names, false) {
-                    Some(s) => format!("unknown flag: --{name} (did you mean {s}?)"),
+                    Some(s) => format!("unknown flag: --{name} (did you mean --{s}?)"),
                     None => format!("unknown flag: --{name}"),
                 });
             };

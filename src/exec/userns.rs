@@ -68,6 +68,39 @@ pub struct SubIdRange {
     pub count: u32,
 }
 
+/// The first start at or above 100000, in steps of `count` (as useradd allots them), of a range
+/// of `count` ids that overlaps no range of any user in the given `/etc/subuid`/`/etc/subgid`
+/// texts: what the no-subordinate-ids hint can suggest without clashing with another user.
+pub fn free_subid_range(files: &[&str], count: u32) -> u32 {
+    let taken: Vec<(u64, u64)> = files
+        .iter()
+        .flat_map(|text| text.lines())
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| {
+            let mut f = line.trim().split(':');
+            let (_, start, n) = (f.next()?, f.next()?, f.next()?);
+            let (start, n) = (start.parse::<u64>().ok()?, n.parse::<u64>().ok()?);
+            Some((start, start + n))
+        })
+        .collect();
+    let mut start = 100_000u64;
+    let count = count.max(1) as u64;
+    while start + count <= u32::MAX as u64 {
+        let end = start + count;
+        match taken
+            .iter()
+            .filter(|(s, e)| *s < end && start < *e)
+            .map(|(_, e)| *e)
+            .max()
+        {
+            None => return start as u32,
+            // Past the clash, rounded up to the next multiple of `count` above 100000.
+            Some(e) => start = 100_000 + (e.saturating_sub(100_000)).div_ceil(count) * count,
+        }
+    }
+    100_000
+}
+
 /// The ranges of `user` (matched by name, or by numeric `id`) in the text of an `/etc/subuid`
 /// or `/etc/subgid` file (`name:start:count` lines), in file order. Malformed lines and empty
 /// ranges are skipped.
@@ -249,10 +282,13 @@ fn reexec_in_userns() -> Result<i32, ExecError> {
         .unwrap_or_else(|| uid.to_string());
     let maps = plan_maps(uid, &user);
     if let Maps::Single { reason } = &maps {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let start = free_subid_range(&[&read("/etc/subuid"), &read("/etc/subgid")], 65536);
+        let end = start as u64 + 65535;
         eprintln!(
             "kiln: warning: {reason}; using a single-id user namespace (only root is mapped): \
              file ownership other than root is squashed to root and chown to other ids fails. \
-             Add ranges with `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}`."
+             Add ranges with `usermod --add-subuids {start}-{end} --add-subgids {start}-{end} {user}`."
         );
     }
 
@@ -337,4 +373,23 @@ fn reexec_in_userns() -> Result<i32, ExecError> {
     drop(sync_w);
     sys::relay_signals_to(pid);
     Ok(wait())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_suggested_subid_range_is_free() {
+        assert_eq!(free_subid_range(&["", ""], 65536), 100_000);
+        // useradd's first range is taken in one file: the next block.
+        let uid = "kiln-test:100000:65536\n";
+        assert_eq!(free_subid_range(&[uid, ""], 65536), 165_536);
+        // An odd range elsewhere pushes past its end, to a block boundary.
+        let gid = "a:165536:10\nb:300000:5\n";
+        assert_eq!(free_subid_range(&[uid, gid], 65536), 231_072);
+        assert_eq!(free_subid_range(&[uid, gid], 1000), 166_000);
+        // Comments and malformed lines take nothing.
+        assert_eq!(free_subid_range(&["# x:100000:9\nbad\n"], 65536), 100_000);
+    }
 }
