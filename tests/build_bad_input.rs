@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::build::{
-    Built, blob_contents, build, build_error, busybox_rootfs, have, import_busybox, make_tree,
-    skopeo_inspect, try_build,
+    Built, blob_contents, build, build_as, build_error, busybox_rootfs, have, import_busybox,
+    kiln_as, make_tree, skopeo_inspect, try_build,
 };
 use common::host::{kiln_mounts, procs_with};
 
@@ -892,11 +892,9 @@ fn a_killed_build_leaves_a_readable_store_and_prune_cleans_up() {
 /// Starts `kiln build` of a RUN that writes 16 MiB and then sleeps, with `TMPDIR` at
 /// `host_tmp`, and SIGKILLs kiln once the RUN is running. Checks that the RUN's processes and
 /// kiln's mounts die with it, and returns when.
-fn kill_during_a_long_run(a: &Arena, host_tmp: &Path) -> Instant {
+fn kill_during_a_long_run(mut kiln: Command, store: &Path, dir: &Path, host_tmp: &Path) -> Instant {
     let marker = unique("long-run");
     let sleep = format!("sleep {}", 3000 + std::process::id() % 7919);
-    let ctx = tempfile::tempdir().unwrap();
-    let dir = ctx.path();
     std::fs::write(
         dir.join("Dockerfile"),
         format!(
@@ -906,9 +904,9 @@ fn kill_during_a_long_run(a: &Arena, host_tmp: &Path) -> Instant {
     )
     .unwrap();
     let mounts_before = kiln_mounts(&[]);
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+    let mut child = kiln
         .arg("--root")
-        .arg(a.store())
+        .arg(store)
         .args(["build", "-t", "long:1", "--progress=plain"])
         .arg(dir)
         .env("TMPDIR", host_tmp)
@@ -991,7 +989,9 @@ fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
     std::fs::create_dir(&host_tmp).unwrap();
     let before = a.snapshot();
 
-    kill_during_a_long_run(&a, &host_tmp);
+    let ctx = tempfile::tempdir().unwrap();
+    let kiln = || Command::new(assert_cmd::cargo::cargo_bin("kiln"));
+    kill_during_a_long_run(kiln(), &a.store(), ctx.path(), &host_tmp);
     a.assert_store_ok();
     assert_eq!(
         a.snapshot(),
@@ -1027,7 +1027,7 @@ fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
 
     // Killed again: `kiln prune` removes the leftovers (overlay upper and work directories
     // included) and says how many bytes that freed.
-    let killed_at = kill_during_a_long_run(&a, &host_tmp);
+    let killed_at = kill_during_a_long_run(kiln(), &a.store(), ctx.path(), &host_tmp);
     let (_, bytes) = leftovers(&a.store());
     assert!(bytes >= 16 << 20, "{bytes}");
     let grace = Duration::from_secs(6);
@@ -1059,6 +1059,42 @@ fn a_build_killed_during_a_long_run_leaves_a_readable_store_and_no_process() {
         before,
         "something was written outside the store"
     );
+}
+
+#[test]
+fn a_rootless_build_killed_during_a_run_is_swept_by_the_next_build() {
+    use common::build::{OWNERSHIP_RUNNERS, Runner, runner_dir, runner_store};
+    const T: &str = "a_rootless_build_killed_during_a_run_is_swept_by_the_next_build";
+    for who in [OWNERSHIP_RUNNERS[1], Runner::User("kiln-nosubid")] {
+        let Some(store) = runner_store(who, T) else {
+            continue;
+        };
+        let (ctx, host_tmp) = (runner_dir(who), runner_dir(who));
+        kill_during_a_long_run(kiln_as(who), store.path(), ctx.path(), host_tmp.path());
+        let empty = |d: &Path| std::fs::read_dir(d).unwrap().count() == 0;
+        assert!(
+            empty(host_tmp.path()),
+            "as {}: kiln wrote to TMPDIR",
+            who.label()
+        );
+        let (left, bytes) = leftovers(store.path());
+        assert!(bytes >= 16 << 20, "as {}: {left:?} {bytes}", who.label());
+        let b = build_as(
+            who,
+            store.path(),
+            ctx.path(),
+            "FROM busybox\nRUN echo later > /later\n",
+            &[],
+            &[],
+        );
+        assert_eq!(b.read("later"), "later\n");
+        let (left, bytes) = leftovers(store.path());
+        assert!(
+            left.is_empty(),
+            "as {}: the next build left the killed build's leftovers ({bytes} bytes): {left:?}",
+            who.label()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
