@@ -3,7 +3,7 @@
 //! The modules follow the rooms of the design (see `docs/ARCHITECTURE.md`);
 //! arrows point down only: `plan` uses `dockerfile`, nothing reaches up.
 
-pub mod build;
+pub mod builder;
 pub mod context;
 pub mod dockerfile;
 pub mod exec;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use kiln::build::BuildOptions;
+use kiln::builder::BuildOptions;
 use kiln::dockerfile;
 use kiln::image::{
     DockerArchiveImage, ImageRef, ImportOptions, LoadOptions, OciExportOptions, Store, StoredImage,
@@ -217,7 +217,7 @@ fn main() -> ExitCode {
                 // executable), as a shell and `docker run` do; kiln's own failures are 125, as
                 // docker run's are, to keep them apart from the command's codes.
                 let not_started = e.chain().find_map(|c| match c.downcast_ref() {
-                    Some(kiln::build::BuildError::CommandNotStarted { exit_code, .. }) => {
+                    Some(kiln::builder::BuildError::CommandNotStarted { exit_code, .. }) => {
                         Some(*exit_code)
                     }
                     _ => None,
@@ -245,9 +245,9 @@ fn cmd_run(
     let single_id = enter_namespaces()?;
     let root = store_root(root)?;
     let store = Store::open(&root)?;
-    let status = kiln::build::container::run_image(
+    let status = kiln::builder::container::run_image(
         &store,
-        &kiln::build::container::RunImageOptions {
+        &kiln::builder::container::RunImageOptions {
             image: image.to_string(),
             command: command.to_vec(),
             network: match network {
@@ -600,7 +600,8 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
     let single_id = enter_namespaces()?;
     let mut secrets = std::collections::BTreeMap::new();
     for s in &args.secrets {
-        let (id, source) = kiln::build::mounts::parse_secret_flag(s).map_err(|e| anyhow!("{e}"))?;
+        let (id, source) =
+            kiln::builder::mounts::parse_secret_flag(s).map_err(|e| anyhow!("{e}"))?;
         secrets.insert(id, source);
     }
     // Check everything the user typed before doing any work.
@@ -658,7 +659,7 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
         (_, ProgressMode::Json) => Box::new(JsonProgress::new(std::io::stderr())),
         _ => Box::new(Plain::new(std::io::stderr())),
     };
-    let outcome = kiln::build::build(&store, &opts, progress.as_mut())?;
+    let outcome = kiln::builder::build(&store, &opts, progress.as_mut())?;
     let img = &outcome.image;
     let mut warned = outcome.warned_layers.clone();
     for out in &outputs {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use kiln::build::copy::{CopyError, CopyRequest, CopySource, copy_entries};
+use kiln::builder::copy::{CopyError, CopyRequest, CopySource, copy_entries};
 use kiln::context::{ContextFilter, WalkOptions, read_ignore_file};
 use kiln::layer::{
     ApplyOptions, Compression, EntryKind, LayerEntry, WriteOptions, apply_layer,

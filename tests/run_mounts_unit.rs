@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use kiln::build::mounts::{MountContext, SecretSource, prepare};
+use kiln::builder::mounts::{MountContext, SecretSource, prepare};
 use kiln::context::{ContextFilter, WalkOptions};
 use kiln::dockerfile::instructions::parse_mount;
 use kiln::exec::{ExitStatus, RootfsSpec};
