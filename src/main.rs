@@ -737,9 +737,8 @@ fn export(
         Output::Tar { dest } => {
             // The final filesystem, materialised in the store's temp dir (in the build's user
             // namespace, so owners are the image's), then written as one deterministic tar.
-            let tmp = tempfile::Builder::new()
-                .prefix("export-")
-                .tempdir_in(store.tmp_dir())
+            // Under this process's lease, so a killed export is swept by the next build.
+            let tmp = kiln::lease::tempdir_in(store.root(), store.tmp_dir(), "export-")
                 .with_context(|| {
                     format!("creating a directory in {}", store.tmp_dir().display())
                 })?;
