@@ -79,6 +79,18 @@ pub enum Owner {
     Unknown,
 }
 
+impl Owner {
+    /// Whether a sweep may remove the directory: its owner is gone, or (with `unowned`, only
+    /// while no other process has the store open) it carries no token at all.
+    pub fn removable(self, unowned: bool) -> bool {
+        match self {
+            Owner::Dead => true,
+            Owner::Unknown => unowned,
+            Owner::Alive => false,
+        }
+    }
+}
+
 /// Whether the owner of `name` (made by [`tempdir_in`] with `prefix`) is still alive.
 pub fn owner(store_root: &Path, name: &str, prefix: &str) -> Owner {
     let Some(token) = name

@@ -183,23 +183,6 @@ fn say(line: String) -> Result<()> {
     }
 }
 
-/// An error and its causes on one line, `outer: cause: root cause`. A cause whose text the
-/// message before it already ends with (an error that prints its source as well as returning it)
-/// is said once, not twice.
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.is_empty() {
-            line = text;
-        } else if !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-    }
-    line
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Commands::Run {
@@ -212,7 +195,7 @@ fn main() -> ExitCode {
         return match cmd_run(cli.root.clone(), image, command, *network) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
-                eprintln!("error: {}", error_chain(&e));
+                eprintln!("error: {}", kiln::error_chain(e.as_ref()));
                 // A command that could not be started exits 127 (not found) or 126 (not
                 // executable), as a shell and `docker run` do; kiln's own failures are 125, as
                 // docker run's are, to keep them apart from the command's codes.
@@ -229,7 +212,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("error: {}", kiln::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

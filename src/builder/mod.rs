@@ -380,19 +380,7 @@ impl Builder<'_> {
     fn at_step(&self, inst: &Instruction, e: BuildError) -> BuildError {
         match e {
             BuildError::Step { .. } | BuildError::Dockerfile { .. } => e,
-            other => {
-                let mut message = other.to_string();
-                let mut cause = std::error::Error::source(&other);
-                while let Some(c) = cause {
-                    let text = c.to_string();
-                    if !message.ends_with(&text) {
-                        message.push_str(": ");
-                        message.push_str(&text);
-                    }
-                    cause = c.source();
-                }
-                self.step_error(inst, message)
-            }
+            other => self.step_error(inst, crate::error_chain(&other)),
         }
     }
 

@@ -971,12 +971,7 @@ impl Store {
                 let name = ent.file_name();
                 let Some(name) = name.to_str() else { continue };
                 let prefix = name.find('-').map_or(name, |i| &name[..=i]);
-                let dead = match crate::lease::owner(&self.root, name, prefix) {
-                    crate::lease::Owner::Dead => true,
-                    crate::lease::Owner::Unknown => unowned,
-                    crate::lease::Owner::Alive => false,
-                };
-                if dead {
+                if crate::lease::owner(&self.root, name, prefix).removable(unowned) {
                     let size = crate::layer::tree_bytes(&path);
                     if crate::layer::remove_tree_in_place(&path).is_ok() {
                         removed += 1;

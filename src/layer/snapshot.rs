@@ -308,11 +308,7 @@ impl SnapshotStore {
             } else {
                 [SCRATCH_PREFIX, TRASH_PREFIX].iter().any(|prefix| {
                     name.starts_with(prefix)
-                        && match crate::lease::owner(&self.store, name, prefix) {
-                            crate::lease::Owner::Dead => true,
-                            crate::lease::Owner::Unknown => unowned,
-                            crate::lease::Owner::Alive => false,
-                        }
+                        && crate::lease::owner(&self.store, name, prefix).removable(unowned)
                 })
             };
             if dead {
