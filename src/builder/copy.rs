@@ -67,7 +67,7 @@ use std::time::Duration;
 use crate::context::ignore::go_text;
 use crate::context::{ContextError, ContextFilter, IgnoreError, MatchInfo, PatternMatcher};
 use crate::layer::{
-    EntryKind, FileSource, LayerEntry, Probe, ResolveError, WHITEOUT_PREFIX, clean_comps,
+    self, EntryKind, FileSource, LayerEntry, Probe, ResolveError, WHITEOUT_PREFIX, clean_comps,
     compare_layer_paths, resolve_with,
 };
 
@@ -1325,36 +1325,11 @@ fn walk_tree(
 
 type Opener = Box<dyn Fn() -> io::Result<Box<dyn Read>>>;
 
-const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
-const BZIP2_MAGIC: &[u8] = b"BZh";
-const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
-const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
-
-/// The decompressed stream of `raw` (compression detected from the first bytes).
-fn decompressed(mut raw: Box<dyn Read>) -> io::Result<Box<dyn Read>> {
-    let mut head = [0u8; 6];
-    let mut got = 0;
-    while got < head.len() {
-        match raw.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let head = head[..got].to_vec();
-    let stream: Box<dyn Read> = Box::new(io::Cursor::new(head.clone()).chain(raw));
-    Ok(if head.starts_with(GZIP_MAGIC) {
-        Box::new(flate2::read::MultiGzDecoder::new(stream))
-    } else if head.starts_with(BZIP2_MAGIC) {
-        Box::new(bzip2::read::MultiBzDecoder::new(stream))
-    } else if head.starts_with(XZ_MAGIC) {
-        Box::new(liblzma::read::XzDecoder::new_multi_decoder(stream))
-    } else if head.starts_with(ZSTD_MAGIC) {
-        Box::new(zstd::stream::read::Decoder::new(stream)?)
-    } else {
-        stream
-    })
+/// The decompressed stream of `raw` (any compression [`layer::sniff`] knows, bzip2 and xz
+/// included).
+fn decompressed(raw: Box<dyn Read>) -> io::Result<Box<dyn Read>> {
+    let (sniffed, stream) = layer::sniff(raw)?;
+    layer::decompress(sniffed, stream)
 }
 
 /// Whether the content is a tar archive (possibly compressed): its first header reads (Docker's
