@@ -67,9 +67,10 @@ use std::time::Duration;
 use crate::context::ignore::go_text;
 use crate::context::{ContextError, ContextFilter, IgnoreError, MatchInfo, PatternMatcher};
 use crate::layer::{
-    self, EntryKind, FileSource, LayerEntry, Probe, ResolveError, WHITEOUT_PREFIX, clean_comps,
+    self, EntryKind, FileSource, LayerEntry, Probe, ResolveError, WHITEOUT_PREFIX,
     compare_layer_paths, resolve_with,
 };
+use crate::pathclean::clean_components as clean_comps;
 
 pub use chmod::{Chmod, InvalidChmod};
 pub use users::{ExecUser, UserError, resolve_chown, resolve_exec_user};
@@ -520,7 +521,7 @@ fn escapes_root(s: &str) -> bool {
     if s.starts_with('/') {
         return false;
     }
-    let c = crate::context::ignore::clean(s);
+    let c = crate::pathclean::clean(s);
     c == ".." || c.starts_with("../")
 }
 

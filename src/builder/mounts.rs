@@ -76,12 +76,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::context::ignore::clean as go_clean;
 use crate::context::{ContextError, ContextFilter, EntryKind};
 use crate::dockerfile::instructions::{Mount, split_csv};
 use crate::exec::mount::{MountGuard, UpperDirs, mount_overlay, mount_tmpfs};
 use crate::exec::{ExecError, ExtraMount};
 use crate::layer::resolve_in_root;
+use crate::pathclean::clean as go_clean;
 
 /// The largest secret accepted (BuildKit's `MaxSecretSize`, 500 KiB).
 pub const MAX_SECRET_SIZE: u64 = 500 * 1024;

@@ -47,7 +47,9 @@ use super::digest::{DiffId, HashReader};
 use super::entry::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 use super::overlay::{self, WhiteoutMode};
 use super::sniff::{Sniffed, decompress, sniff};
+// Entry names are cleaned as `filepath.Clean("/" + name)`.
 use super::write::{MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD};
+use crate::pathclean::clean_components as clean;
 
 /// Whether and how entry owners are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -273,21 +275,6 @@ struct Applier {
     ownership_ignored: u64,
     skipped_devices: Vec<PathBuf>,
     warnings: Vec<String>,
-}
-
-/// Lexical cleaning as `filepath.Clean("/" + name)`: the components left, `..` stopping at the root.
-pub(crate) fn clean(raw: &[u8]) -> Vec<OsString> {
-    let mut out: Vec<OsString> = Vec::new();
-    for c in raw.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                out.pop();
-            }
-            c => out.push(OsString::from_vec(c.to_vec())),
-        }
-    }
-    out
 }
 
 fn join_rel(comps: &[OsString]) -> Vec<u8> {

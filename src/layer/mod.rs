@@ -81,7 +81,7 @@ use std::path::PathBuf;
 pub use apply::{
     ApplyOptions, ApplyReport, Ownership, apply_layer, apply_layer_with_whiteouts, resolve_in_root,
 };
-pub(crate) use apply::{Probe, ResolveError, clean as clean_comps, resolve_with};
+pub(crate) use apply::{Probe, ResolveError, resolve_with};
 pub use diff::{DiffOptions, diff_upperdir, lookup_lower};
 pub(crate) use digest::HashWriter;
 pub use digest::{DiffId, LayerDigest, ParseDigestError};
