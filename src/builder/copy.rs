@@ -661,13 +661,6 @@ fn class_char(p: &[char]) -> Option<(char, usize)> {
     }
 }
 
-/// `major`/`minor` of a Linux `dev_t` (glibc's `gnu_dev_major`/`gnu_dev_minor`).
-fn dev_split(rdev: u64) -> (u32, u32) {
-    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
-    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
-    (major as u32, minor as u32)
-}
-
 // -------------------------------------------------------------------------------------------
 // path resolution inside a root
 
@@ -951,24 +944,11 @@ fn source_entry(
 ) -> Result<LayerEntry, CopyError> {
     let ft = md.file_type();
     let disk = src.root.join(rel);
-    let (major, minor) = dev_split(md.rdev());
-    let kind = if ft.is_dir() {
-        EntryKind::Dir
-    } else if ft.is_file() {
-        EntryKind::File(FileSource::Disk(disk))
-    } else if ft.is_symlink() {
-        EntryKind::Symlink(fs::read_link(&disk).map_err(io_err(&disk))?)
-    } else if ft.is_fifo() {
-        EntryKind::Fifo
-    } else if ft.is_char_device() {
-        EntryKind::CharDevice { major, minor }
-    } else if ft.is_block_device() {
-        EntryKind::BlockDevice { major, minor }
-    } else {
+    let kind = EntryKind::from_disk(md, &disk)
+        .map_err(io_err(&disk))?
         // Sockets (and anything else) become empty regular files, as BuildKit's context
         // transfer makes them.
-        EntryKind::File(FileSource::Bytes(Arc::from(&[][..])))
-    };
+        .unwrap_or_else(|| EntryKind::File(FileSource::Bytes(Arc::from(&[][..]))));
     let is_dir = ft.is_dir();
     let mode = if ft.is_symlink() {
         0o777
