@@ -92,7 +92,7 @@ pub use entry::{
 pub use overlay::{OverlayXattrPrefix, WhiteoutMode};
 pub use snapshot::{Ensured, ScratchDir, SnapshotStore, remove_tree_in_place, tree_bytes};
 pub use sniff::{SNIFF_LEN, Sniffed, Sniffing, decompress, sniff};
-pub use tree::{copy_tree, diff_trees};
+pub use tree::{copy_tree, copy_tree_best_effort, diff_trees};
 pub use write::{
     Compression, LayerWriter, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD,
     WriteOptions, WrittenLayer, compress_tar, write_layer,
