@@ -352,7 +352,7 @@ mod tests {
         std::os::unix::fs::symlink("f", p("l")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &p("fifo"),
+            p("fifo"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,

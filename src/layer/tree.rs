@@ -549,7 +549,7 @@ mod tests {
         std::os::unix::fs::symlink("d/f", src.join("l")).unwrap();
         rustix::fs::mknodat(
             CWD,
-            &src.join("p"),
+            src.join("p"),
             FileType::Fifo,
             Mode::from_raw_mode(0o600),
             0,
