@@ -28,6 +28,7 @@ pub mod exec;
 pub mod image;
 pub mod layer;
 pub mod lease;
+pub mod pathclean;
 pub mod plan;
 pub mod platform;
 pub mod progress;

@@ -39,6 +39,24 @@ const RULES: &[(&str, &[&str])] = &[
     ("progress", &["builder"]),
     ("platform", &["builder"]),
     ("lease", &["builder", "image", "layer"]),
+    // Lexical path cleaning is a leaf: everyone may use it, it uses no one.
+    (
+        "pathclean",
+        &[
+            "builder",
+            "plan",
+            "dockerfile",
+            "context",
+            "image",
+            "layer",
+            "exec",
+            "snapshot",
+            "cache",
+            "progress",
+            "platform",
+            "lease",
+        ],
+    ),
 ];
 
 fn sources(module: &str) -> Vec<PathBuf> {

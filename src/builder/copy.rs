@@ -67,9 +67,10 @@ use std::time::Duration;
 use crate::context::ignore::go_text;
 use crate::context::{ContextError, ContextFilter, IgnoreError, MatchInfo, PatternMatcher};
 use crate::layer::{
-    EntryKind, FileSource, LayerEntry, Probe, ResolveError, WHITEOUT_PREFIX, clean_comps,
+    self, EntryKind, FileSource, LayerEntry, Probe, ResolveError, WHITEOUT_PREFIX,
     compare_layer_paths, resolve_with,
 };
+use crate::pathclean::clean_components as clean_comps;
 
 pub use chmod::{Chmod, InvalidChmod};
 pub use users::{ExecUser, UserError, resolve_chown, resolve_exec_user};
@@ -520,7 +521,7 @@ fn escapes_root(s: &str) -> bool {
     if s.starts_with('/') {
         return false;
     }
-    let c = crate::context::ignore::clean(s);
+    let c = crate::pathclean::clean(s);
     c == ".." || c.starts_with("../")
 }
 
@@ -658,13 +659,6 @@ fn class_char(p: &[char]) -> Option<(char, usize)> {
         '\\' => Some((*p.get(1)?, 2)),
         c => Some((c, 1)),
     }
-}
-
-/// `major`/`minor` of a Linux `dev_t` (glibc's `gnu_dev_major`/`gnu_dev_minor`).
-fn dev_split(rdev: u64) -> (u32, u32) {
-    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
-    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
-    (major as u32, minor as u32)
 }
 
 // -------------------------------------------------------------------------------------------
@@ -950,24 +944,11 @@ fn source_entry(
 ) -> Result<LayerEntry, CopyError> {
     let ft = md.file_type();
     let disk = src.root.join(rel);
-    let (major, minor) = dev_split(md.rdev());
-    let kind = if ft.is_dir() {
-        EntryKind::Dir
-    } else if ft.is_file() {
-        EntryKind::File(FileSource::Disk(disk))
-    } else if ft.is_symlink() {
-        EntryKind::Symlink(fs::read_link(&disk).map_err(io_err(&disk))?)
-    } else if ft.is_fifo() {
-        EntryKind::Fifo
-    } else if ft.is_char_device() {
-        EntryKind::CharDevice { major, minor }
-    } else if ft.is_block_device() {
-        EntryKind::BlockDevice { major, minor }
-    } else {
+    let kind = EntryKind::from_disk(md, &disk)
+        .map_err(io_err(&disk))?
         // Sockets (and anything else) become empty regular files, as BuildKit's context
         // transfer makes them.
-        EntryKind::File(FileSource::Bytes(Arc::from(&[][..])))
-    };
+        .unwrap_or_else(|| EntryKind::File(FileSource::Bytes(Arc::from(&[][..]))));
     let is_dir = ft.is_dir();
     let mode = if ft.is_symlink() {
         0o777
@@ -1325,36 +1306,11 @@ fn walk_tree(
 
 type Opener = Box<dyn Fn() -> io::Result<Box<dyn Read>>>;
 
-const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
-const BZIP2_MAGIC: &[u8] = b"BZh";
-const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
-const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
-
-/// The decompressed stream of `raw` (compression detected from the first bytes).
-fn decompressed(mut raw: Box<dyn Read>) -> io::Result<Box<dyn Read>> {
-    let mut head = [0u8; 6];
-    let mut got = 0;
-    while got < head.len() {
-        match raw.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let head = head[..got].to_vec();
-    let stream: Box<dyn Read> = Box::new(io::Cursor::new(head.clone()).chain(raw));
-    Ok(if head.starts_with(GZIP_MAGIC) {
-        Box::new(flate2::read::MultiGzDecoder::new(stream))
-    } else if head.starts_with(BZIP2_MAGIC) {
-        Box::new(bzip2::read::MultiBzDecoder::new(stream))
-    } else if head.starts_with(XZ_MAGIC) {
-        Box::new(liblzma::read::XzDecoder::new_multi_decoder(stream))
-    } else if head.starts_with(ZSTD_MAGIC) {
-        Box::new(zstd::stream::read::Decoder::new(stream)?)
-    } else {
-        stream
-    })
+/// The decompressed stream of `raw` (any compression [`layer::sniff`] knows, bzip2 and xz
+/// included).
+fn decompressed(raw: Box<dyn Read>) -> io::Result<Box<dyn Read>> {
+    let (sniffed, stream) = layer::sniff(raw)?;
+    layer::decompress(sniffed, stream)
 }
 
 /// Whether the content is a tar archive (possibly compressed): its first header reads (Docker's

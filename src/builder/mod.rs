@@ -1099,18 +1099,7 @@ fn join_workdir(current: &str, path: &str) -> String {
     } else {
         current.to_string()
     };
-    let joined = format!("{base}/{path}");
-    let mut parts: Vec<&str> = Vec::new();
-    for p in joined.split('/') {
-        match p {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    crate::pathclean::clean_absolute(&format!("{base}/{path}"))
 }
 
 /// `80` → `80/tcp`; `53/udp` stays; ranges are kept as written.

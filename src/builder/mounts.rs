@@ -71,17 +71,17 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::context::ignore::clean as go_clean;
 use crate::context::{ContextError, ContextFilter, EntryKind};
 use crate::dockerfile::instructions::{Mount, split_csv};
 use crate::exec::mount::{MountGuard, UpperDirs, mount_overlay, mount_tmpfs};
 use crate::exec::{ExecError, ExtraMount};
 use crate::layer::resolve_in_root;
+use crate::pathclean::clean as go_clean;
 
 /// The largest secret accepted (BuildKit's `MaxSecretSize`, 500 KiB).
 pub const MAX_SECRET_SIZE: u64 = 500 * 1024;
@@ -1018,57 +1018,14 @@ fn copy_file(src: &Path, dst: &Path, md: &fs::Metadata) -> io::Result<()> {
     Ok(())
 }
 
-/// Copies a tree: directories, files, symlinks, hard links kept as such, FIFOs and devices
-/// (best effort); owners (best effort), modes and times.
+/// A private copy of the directory tree `src` at `dst` (which must not exist), as a RUN needs
+/// it: [`crate::layer::copy_tree_best_effort`].
 fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
-    let mut links = HashMap::new();
-    let mut dirs = Vec::new();
-    copy_entry(src, dst, &mut links, &mut dirs)?;
-    for (d, md) in dirs.iter().rev() {
-        set_meta(d, md);
-    }
-    Ok(())
-}
-
-fn copy_entry(
-    src: &Path,
-    dst: &Path,
-    links: &mut HashMap<(u64, u64), PathBuf>,
-    dirs: &mut Vec<(PathBuf, fs::Metadata)>,
-) -> io::Result<()> {
-    let md = fs::symlink_metadata(src)?;
-    let ft = md.file_type();
-    if ft.is_dir() {
-        fs::create_dir(dst)?;
-        let mut names: Vec<_> = fs::read_dir(src)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()?;
-        names.sort();
-        for n in names {
-            copy_entry(&src.join(&n), &dst.join(&n), links, dirs)?;
-        }
-        dirs.push((dst.to_path_buf(), md));
-        return Ok(());
-    }
-    if md.nlink() > 1 {
-        if let Some(first) = links.get(&(md.dev(), md.ino())) {
-            return fs::hard_link(first, dst);
-        }
-        links.insert((md.dev(), md.ino()), dst.to_path_buf());
-    }
-    if ft.is_symlink() {
-        std::os::unix::fs::symlink(fs::read_link(src)?, dst)?;
-        set_meta(dst, &md);
-    } else if ft.is_file() {
-        copy_file(src, dst, &md)?;
-    } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
-        let kind = rustix::fs::FileType::from_raw_mode(md.mode());
-        let mode = rustix::fs::Mode::from_raw_mode(md.mode() & 0o7777);
-        if rustix::fs::mknodat(rustix::fs::CWD, dst, kind, mode, md.rdev()).is_ok() {
-            set_meta(dst, &md);
-        }
-    }
-    Ok(())
+    // The I/O error itself, as the callers' messages name the copy.
+    crate::layer::copy_tree_best_effort(src, dst).map_err(|e| match e {
+        crate::layer::LayerError::Entry { source, .. } => source,
+        e => io::Error::other(e),
+    })
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ use std::os::unix::ffi::OsStrExt;
 use regex::Regex;
 
 use super::goregex;
+// Go's `path.Clean`, re-exported: patterns and context paths are cleaned with it.
+pub use crate::pathclean::{clean, clean_bytes};
 
 /// Errors from building or evaluating patterns. The messages are upstream's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,44 +94,6 @@ pub fn read_ignore_file(text: &str) -> Vec<String> {
         out.push(cleaned);
     }
     out
-}
-
-/// Lexical path cleaning with Go's `path.Clean` rules: collapse `//`, drop `.`, resolve `..`
-/// against earlier elements (never above `/`), no trailing `/`, and `.` for an empty result.
-pub fn clean(path: &str) -> String {
-    let cleaned = clean_bytes(path.as_bytes());
-    // Only whole `/`-separated pieces of valid UTF-8 were moved, so this is valid UTF-8.
-    String::from_utf8(cleaned).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
-}
-
-/// [`clean`] for a path that is bytes (a file name need not be UTF-8).
-pub fn clean_bytes(path: &[u8]) -> Vec<u8> {
-    let rooted = path.first() == Some(&b'/');
-    let mut parts: Vec<&[u8]> = Vec::new();
-    for part in path.split(|&b| b == b'/') {
-        match part {
-            b"" | b"." => {}
-            b".." => {
-                if parts.last().is_some_and(|last| *last != b"..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push(b"..");
-                }
-            }
-            other => parts.push(other),
-        }
-    }
-    let joined = parts.join(&b'/');
-    if rooted {
-        let mut out = Vec::with_capacity(joined.len() + 1);
-        out.push(b'/');
-        out.extend_from_slice(&joined);
-        out
-    } else if joined.is_empty() {
-        b".".to_vec()
-    } else {
-        joined
-    }
 }
 
 /// The text Go's regexp matcher sees for these bytes: valid UTF-8 as is, and every byte that

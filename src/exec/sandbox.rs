@@ -754,20 +754,7 @@ fn lossy(c: &CStr) -> String {
 
 /// Lexically cleans an absolute container path: `a/./b/../c` → `/a/c`. `None` for `/` itself.
 fn clean_container_path(p: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    if parts.is_empty() {
-        return None;
-    }
-    Some(format!("/{}", parts.join("/")))
+    Some(crate::pathclean::clean_absolute(p)).filter(|c| c != "/")
 }
 
 /// `/a/b/c` → [`/a`, `/a/b`, `/a/b/c`].

@@ -12,9 +12,6 @@ use crate::layer::{
     MEDIA_TYPE_LAYER_ZSTD, WriteOptions, WrittenLayer,
 };
 
-const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
-const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
-
 /// The compression of a stream, as detected from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detected {
@@ -27,14 +24,17 @@ pub enum Detected {
 }
 
 impl Detected {
-    /// Detects the compression from (at least the first 4) bytes.
+    /// Detects the compression from (at least the first 4) bytes ([`layer::Sniffed`] as a
+    /// layer sees it: bzip2 or xz is taken to be a plain tar).
     pub fn from_magic(head: &[u8]) -> Detected {
-        if head.starts_with(GZIP_MAGIC) {
-            Detected::Gzip
-        } else if head.starts_with(ZSTD_MAGIC) {
-            Detected::Zstd
-        } else {
-            Detected::None
+        Detected::from_sniffed(layer::Sniffed::from_head(head))
+    }
+
+    fn from_sniffed(s: layer::Sniffed) -> Detected {
+        match s.layer() {
+            layer::Sniffed::Gzip => Detected::Gzip,
+            layer::Sniffed::Zstd => Detected::Zstd,
+            _ => Detected::None,
         }
     }
 
@@ -77,26 +77,10 @@ impl Detected {
 
 /// Reads the first bytes of `r` and returns a reader of the decompressed stream (gzip, zstd or
 /// passed through) and what was detected.
-pub fn decompressing_reader<'a, R: Read + 'a>(
-    mut r: R,
-) -> io::Result<(Box<dyn Read + 'a>, Detected)> {
-    let mut head = [0u8; 4];
-    let mut got = 0;
-    while got < head.len() {
-        match r.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let det = Detected::from_magic(&head[..got]);
-    let stream = io::Cursor::new(head[..got].to_vec()).chain(r);
-    let reader: Box<dyn Read + 'a> = match det {
-        Detected::Gzip => Box::new(flate2::read::MultiGzDecoder::new(stream)),
-        Detected::Zstd => Box::new(zstd::stream::read::Decoder::new(stream)?),
-        Detected::None => Box::new(stream),
-    };
+pub fn decompressing_reader<'a, R: Read + 'a>(r: R) -> io::Result<(Box<dyn Read + 'a>, Detected)> {
+    let (sniffed, stream) = layer::sniff(r)?;
+    let det = Detected::from_sniffed(sniffed);
+    let reader = layer::decompress(sniffed.layer(), stream)?;
     Ok((reader, det))
 }
 

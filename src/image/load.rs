@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, Digest, ImageManifest, MediaType};
 
@@ -40,6 +40,8 @@ use super::{
     MEDIA_TYPE_MANIFEST, digest_of, parse_ref,
 };
 use crate::layer::{Compression, DiffId};
+// Archive paths: no leading `./` or `/`, no `.`, `..` applied; `None` for the root.
+use crate::pathclean::clean_relative as clean;
 
 /// Files up to this size are kept in memory while an archive is read.
 const IN_MEMORY: u64 = 1 << 20;
@@ -198,21 +200,6 @@ pub fn load<R: Read>(
                 .to_string(),
         ))
     }
-}
-
-/// Cleans an archive path: no leading `./` or `/`, no `.`, `..` applied; `None` for the root.
-fn clean(p: &str) -> Option<String> {
-    let mut parts: Vec<String> = Vec::new();
-    for c in Path::new(p).components() {
-        match c {
-            Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
-            Component::ParentDir => {
-                parts.pop();
-            }
-            _ => {}
-        }
-    }
-    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 struct Archive<'a> {

@@ -46,7 +46,10 @@ use super::LayerError;
 use super::digest::{DiffId, HashReader};
 use super::entry::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 use super::overlay::{self, WhiteoutMode};
+use super::sniff::{Sniffed, decompress, sniff};
+// Entry names are cleaned as `filepath.Clean("/" + name)`.
 use super::write::{MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD};
+use crate::pathclean::clean_components as clean;
 
 /// Whether and how entry owners are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -135,8 +138,6 @@ impl ApplyReport {
     }
 }
 
-const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
-const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 const MAX_SYMLINKS: u32 = 255;
 
 /// Applies the layer read from `reader` (gzip, zstd or plain tar, detected from the first bytes)
@@ -166,7 +167,7 @@ pub fn apply_layer<R: Read>(
 /// metadata hides the lower layers' (as with Docker's and containerd's overlay snapshots), and
 /// symlinks of lower layers are not followed (they are not in the target).
 pub fn apply_layer_with_whiteouts<R: Read>(
-    mut reader: R,
+    reader: R,
     target: &Path,
     opts: &ApplyOptions,
     whiteouts: WhiteoutMode,
@@ -176,31 +177,17 @@ pub fn apply_layer_with_whiteouts<R: Read>(
     let root = fs::canonicalize(target)
         .map_err(|e| LayerError::entry(target, "resolving the target directory", e))?;
 
-    let mut magic = [0u8; 4];
-    let mut got = 0;
-    while got < magic.len() {
-        match reader.read(&mut magic[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(LayerError::stream("reading the layer", e)),
-        }
-    }
-    let head = &magic[..got];
-    let stream = io::Cursor::new(head.to_vec()).chain(reader);
-    let (media_type, decoded): (&'static str, Box<dyn Read + '_>) = if head.starts_with(GZIP_MAGIC)
-    {
-        (
-            MEDIA_TYPE_LAYER_GZIP,
-            Box::new(flate2::read::MultiGzDecoder::new(stream)),
-        )
-    } else if head.starts_with(ZSTD_MAGIC) {
-        let d = zstd::stream::read::Decoder::new(stream)
-            .map_err(|e| LayerError::stream("starting zstd decompression", e))?;
-        (MEDIA_TYPE_LAYER_ZSTD, Box::new(d))
-    } else {
-        (MEDIA_TYPE_LAYER_TAR, Box::new(stream))
+    let (sniffed, stream) =
+        sniff(reader).map_err(|e| LayerError::stream("reading the layer", e))?;
+    let sniffed = sniffed.layer();
+    let media_type = match sniffed {
+        Sniffed::Gzip => MEDIA_TYPE_LAYER_GZIP,
+        Sniffed::Zstd => MEDIA_TYPE_LAYER_ZSTD,
+        _ => MEDIA_TYPE_LAYER_TAR,
     };
+    // Only a zstd decoder can fail to start.
+    let decoded = decompress(sniffed, stream)
+        .map_err(|e| LayerError::stream("starting zstd decompression", e))?;
 
     let ownership = match opts.ownership {
         Ownership::Auto if running_as_root() => Ownership::Preserve,
@@ -288,21 +275,6 @@ struct Applier {
     ownership_ignored: u64,
     skipped_devices: Vec<PathBuf>,
     warnings: Vec<String>,
-}
-
-/// Lexical cleaning as `filepath.Clean("/" + name)`: the components left, `..` stopping at the root.
-pub(crate) fn clean(raw: &[u8]) -> Vec<OsString> {
-    let mut out: Vec<OsString> = Vec::new();
-    for c in raw.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                out.pop();
-            }
-            c => out.push(OsString::from_vec(c.to_vec())),
-        }
-    }
-    out
 }
 
 fn join_rel(comps: &[OsString]) -> Vec<u8> {

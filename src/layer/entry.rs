@@ -3,6 +3,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fs;
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
@@ -52,6 +53,33 @@ pub enum EntryKind {
     },
     /// A named pipe.
     Fifo,
+}
+
+impl EntryKind {
+    /// What the file at `disk_path` (with `md` its `lstat` metadata) is as a layer entry: the
+    /// crate's one metadata → entry-kind mapping. A regular file is read from `disk_path` when
+    /// the layer is written, a symlink's target is read now (the only error). `None` for a
+    /// socket (or any other type a layer cannot carry): the caller decides — scanning a tree
+    /// refuses it, COPY makes it an empty file as BuildKit does.
+    pub fn from_disk(md: &fs::Metadata, disk_path: &Path) -> io::Result<Option<EntryKind>> {
+        let ft = md.file_type();
+        let (major, minor) = dev_split(md.rdev());
+        Ok(Some(if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_file() {
+            EntryKind::File(FileSource::Disk(disk_path.to_path_buf()))
+        } else if ft.is_symlink() {
+            EntryKind::Symlink(fs::read_link(disk_path)?)
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else if ft.is_char_device() {
+            EntryKind::CharDevice { major, minor }
+        } else if ft.is_block_device() {
+            EntryKind::BlockDevice { major, minor }
+        } else {
+            return Ok(None);
+        }))
+    }
 }
 
 /// One entry of a layer: a path inside the layer, what it is, and its metadata.
@@ -267,24 +295,9 @@ pub(crate) fn entry_from_metadata(
     opts: &ScanOptions,
 ) -> Result<LayerEntry, LayerError> {
     let ft = md.file_type();
-    let (major, minor) = dev_split(md.rdev());
-    let kind = if ft.is_dir() {
-        EntryKind::Dir
-    } else if ft.is_file() {
-        EntryKind::File(FileSource::Disk(disk_path.to_path_buf()))
-    } else if ft.is_symlink() {
-        let target = fs::read_link(disk_path)
-            .map_err(|e| LayerError::entry(disk_path, "reading symlink", e))?;
-        EntryKind::Symlink(target)
-    } else if ft.is_fifo() {
-        EntryKind::Fifo
-    } else if ft.is_char_device() {
-        EntryKind::CharDevice { major, minor }
-    } else if ft.is_block_device() {
-        EntryKind::BlockDevice { major, minor }
-    } else {
-        return Err(LayerError::invalid(disk_path, "unsupported file type"));
-    };
+    let kind = EntryKind::from_disk(md, disk_path)
+        .map_err(|e| LayerError::entry(disk_path, "reading symlink", e))?
+        .ok_or_else(|| LayerError::invalid(disk_path, "unsupported file type"))?;
     let is_symlink = matches!(kind, EntryKind::Symlink(_));
     let mut mode = md.mode() & 0o7777;
     if let (Some(m), false) = (opts.mode, is_symlink) {
@@ -329,6 +342,40 @@ mod tests {
             got,
             ["", "A", "a", "a/a", "a/b", "a/b/c", "a-b", "a.b", "b"]
         );
+    }
+
+    #[test]
+    fn kinds_from_disk() {
+        let t = tempfile::tempdir().unwrap();
+        let p = |n: &str| t.path().join(n);
+        fs::write(p("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("f", p("l")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            p("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(p("sock")).unwrap();
+        let kind =
+            |n: &str| EntryKind::from_disk(&fs::symlink_metadata(p(n)).unwrap(), &p(n)).unwrap();
+        assert_eq!(kind(""), Some(EntryKind::Dir));
+        assert_eq!(kind("f"), Some(EntryKind::File(FileSource::Disk(p("f")))));
+        assert_eq!(kind("l"), Some(EntryKind::Symlink(PathBuf::from("f"))));
+        assert_eq!(kind("fifo"), Some(EntryKind::Fifo));
+        // A layer cannot carry a socket: the callers differ (scan_dir refuses it, COPY writes
+        // an empty file), so the mapping leaves it to them.
+        assert_eq!(kind("sock"), None);
+        let err = entry_from_metadata(
+            PathBuf::from("sock"),
+            &p("sock"),
+            &fs::symlink_metadata(p("sock")).unwrap(),
+            &ScanOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unsupported file type"), "{err}");
     }
 
     #[test]

@@ -70,6 +70,7 @@ mod digest;
 mod entry;
 mod overlay;
 mod snapshot;
+mod sniff;
 mod tarfmt;
 mod tree;
 mod write;
@@ -80,7 +81,7 @@ use std::path::PathBuf;
 pub use apply::{
     ApplyOptions, ApplyReport, Ownership, apply_layer, apply_layer_with_whiteouts, resolve_in_root,
 };
-pub(crate) use apply::{Probe, ResolveError, clean as clean_comps, resolve_with};
+pub(crate) use apply::{Probe, ResolveError, resolve_with};
 pub use diff::{DiffOptions, diff_upperdir, lookup_lower};
 pub(crate) use digest::HashWriter;
 pub use digest::{DiffId, LayerDigest, ParseDigestError};
@@ -90,7 +91,8 @@ pub use entry::{
 };
 pub use overlay::{OverlayXattrPrefix, WhiteoutMode};
 pub use snapshot::{Ensured, ScratchDir, SnapshotStore, remove_tree_in_place, tree_bytes};
-pub use tree::{copy_tree, diff_trees};
+pub use sniff::{SNIFF_LEN, Sniffed, Sniffing, decompress, sniff};
+pub use tree::{copy_tree, copy_tree_best_effort, diff_trees};
 pub use write::{
     Compression, LayerWriter, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD,
     WriteOptions, WrittenLayer, compress_tar, write_layer,

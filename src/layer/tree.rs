@@ -68,10 +68,39 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), LayerError> {
         ));
     }
 
+    copy_into(src, dst, src_md, false)
+}
+
+/// [`copy_tree`] for a private copy that only has to look the same to a RUN (a writable bind
+/// mount without overlay, a cache mount seeded from a stage): `dst` must not exist and is
+/// created; owners, modes and times are set where they can be and special files made where
+/// they can be (what cannot is silently left as it is, or out), and extended attributes are not
+/// copied. Reading `src` and creating directories, files, links and symlinks are still errors.
+pub fn copy_tree_best_effort(src: &Path, dst: &Path) -> Result<(), LayerError> {
+    let src_md = lstat(src)?;
+    if !src_md.is_dir() {
+        return Err(LayerError::invalid(src, "not a directory"));
+    }
+    DirBuilder::new()
+        .mode(0o700)
+        .create(dst)
+        .map_err(|e| LayerError::entry(dst, "creating directory", e))?;
+    copy_into(src, dst, src_md, true)
+}
+
+/// Copies the contents of the directory `src` (`src_md`) into the empty directory `dst`, then
+/// the metadata of every directory.
+fn copy_into(
+    src: &Path,
+    dst: &Path,
+    src_md: fs::Metadata,
+    best_effort: bool,
+) -> Result<(), LayerError> {
     let mut c = Copier {
         first_link: HashMap::new(),
         dirs: vec![(src.to_path_buf(), dst.to_path_buf(), src_md)],
         reflink: true,
+        best_effort,
     };
     let mut stack = vec![(src.to_path_buf(), dst.to_path_buf())];
     while let Some((sdir, ddir)) = stack.pop() {
@@ -114,7 +143,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), LayerError> {
     // Only now that every entry is written: creating one changes its directory's mtime, and a
     // read-only mode would refuse it.
     for (s, d, md) in &c.dirs {
-        copy_metadata(s, d, md)?;
+        copy_metadata(s, d, md, best_effort)?;
     }
     Ok(())
 }
@@ -127,6 +156,8 @@ struct Copier {
     /// Cleared once `FICLONE` reports the file system cannot share extents, so the remaining
     /// files go straight to `copy_file_range`.
     reflink: bool,
+    /// [`copy_tree_best_effort`]: metadata and special files where they can be made.
+    best_effort: bool,
 }
 
 impl Copier {
@@ -151,10 +182,13 @@ impl Copier {
             };
             // Not best effort: a device missing from the copy would read as deleted to
             // `diff_trees`, and become a whiteout in the step's layer.
-            rustix::fs::mknodat(CWD, d, kind, Mode::from_raw_mode(0o600), md.rdev())
-                .map_err(|e| LayerError::entry(d, "creating special file", e.into()))?;
+            match rustix::fs::mknodat(CWD, d, kind, Mode::from_raw_mode(0o600), md.rdev()) {
+                Ok(()) => {}
+                Err(_) if self.best_effort => return Ok(()),
+                Err(e) => return Err(LayerError::entry(d, "creating special file", e.into())),
+            }
         }
-        copy_metadata(s, d, md)
+        copy_metadata(s, d, md, self.best_effort)
     }
 
     fn copy_file(&mut self, s: &Path, d: &Path) -> Result<(), LayerError> {
@@ -185,7 +219,33 @@ impl Copier {
 /// Sets `d`'s owner, mode, extended attributes and times to those of `s` (`md`), in the order
 /// that keeps them all: a chown clears setuid/setgid and file capabilities, so it comes first;
 /// the times come last as nothing after them may touch the file.
-fn copy_metadata(s: &Path, d: &Path, md: &fs::Metadata) -> Result<(), LayerError> {
+///
+/// `best_effort`: owner, mode and times only, each where it can be set, no errors.
+fn copy_metadata(
+    s: &Path,
+    d: &Path,
+    md: &fs::Metadata,
+    best_effort: bool,
+) -> Result<(), LayerError> {
+    if best_effort {
+        let _ = rustix::fs::chownat(
+            CWD,
+            d,
+            Some(Uid::from_raw(md.uid())),
+            Some(Gid::from_raw(md.gid())),
+            AtFlags::SYMLINK_NOFOLLOW,
+        );
+        if !md.file_type().is_symlink() {
+            let _ = rustix::fs::chmodat(
+                CWD,
+                d,
+                Mode::from_raw_mode(md.mode() & 0o7777),
+                AtFlags::empty(),
+            );
+        }
+        let _ = rustix::fs::utimensat(CWD, d, &times_of(md), AtFlags::SYMLINK_NOFOLLOW);
+        return Ok(());
+    }
     let is_symlink = md.file_type().is_symlink();
     match rustix::fs::chownat(
         CWD,
@@ -209,7 +269,14 @@ fn copy_metadata(s: &Path, d: &Path, md: &fs::Metadata) -> Result<(), LayerError
         .map_err(|e| LayerError::entry(d, "setting permissions", e.into()))?;
     }
     copy_xattrs(s, d)?;
-    let times = Timestamps {
+    rustix::fs::utimensat(CWD, d, &times_of(md), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| LayerError::entry(d, "setting times", e.into()))?;
+    Ok(())
+}
+
+/// Access and modification times of `md`, to the nanosecond.
+fn times_of(md: &fs::Metadata) -> Timestamps {
+    Timestamps {
         last_access: Timespec {
             tv_sec: md.atime(),
             tv_nsec: md.atime_nsec(),
@@ -218,10 +285,7 @@ fn copy_metadata(s: &Path, d: &Path, md: &fs::Metadata) -> Result<(), LayerError
             tv_sec: md.mtime(),
             tv_nsec: md.mtime_nsec(),
         },
-    };
-    rustix::fs::utimensat(CWD, d, &times, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| LayerError::entry(d, "setting times", e.into()))?;
-    Ok(())
+    }
 }
 
 /// Copies every extended attribute of `s` to `d` (neither followed if a symlink), including
@@ -471,6 +535,43 @@ fn lstat(path: &Path) -> Result<fs::Metadata, LayerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn best_effort_copy_makes_its_target() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(src.join("d")).unwrap();
+        fs::write(src.join("d/f"), b"hi").unwrap();
+        fs::set_permissions(src.join("d/f"), fs::Permissions::from_mode(0o640)).unwrap();
+        fs::hard_link(src.join("d/f"), src.join("g")).unwrap();
+        std::os::unix::fs::symlink("d/f", src.join("l")).unwrap();
+        rustix::fs::mknodat(
+            CWD,
+            src.join("p"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let dst = t.path().join("dst");
+        copy_tree_best_effort(&src, &dst).unwrap();
+        assert_eq!(fs::read(dst.join("d/f")).unwrap(), b"hi");
+        let md = fs::metadata(dst.join("d/f")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o640);
+        assert_eq!(md.ino(), fs::metadata(dst.join("g")).unwrap().ino());
+        assert_eq!(fs::read_link(dst.join("l")).unwrap(), Path::new("d/f"));
+        assert!(
+            fs::symlink_metadata(dst.join("p"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        // Unlike copy_tree, the target is made here: an existing one is refused.
+        let err = copy_tree_best_effort(&src, &dst).unwrap_err();
+        assert!(err.to_string().contains("creating directory"), "{err}");
+    }
 
     #[test]
     fn refuses_a_target_inside_the_source_or_not_empty() {
