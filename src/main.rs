@@ -125,6 +125,9 @@ struct BuildArgs {
     /// The network RUN steps get: host (default) or none (loopback only).
     #[arg(long, value_enum, default_value_t = NetworkMode::Host)]
     network: NetworkMode,
+    /// How many stages run at once (default: the number of cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// The build context directory.
     context: PathBuf,
 }
@@ -149,6 +152,20 @@ enum DebugCommand {
     },
     /// Print the stage DAG as JSON (see docs/plan-schema.md).
     Plan(PlanArgs),
+    /// Print the lowered steps as JSON: every value worked out, nothing run.
+    Steps(StepsArgs),
+}
+
+#[derive(Args)]
+struct StepsArgs {
+    /// Build-time variable `K=V`, or `K` to take the value from the environment.
+    #[arg(long = "build-arg", value_name = "K[=V]")]
+    build_args: Vec<String>,
+    /// Lower up to this stage.
+    #[arg(long)]
+    target: Option<String>,
+    /// The Dockerfile (`-` for stdin).
+    file: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -353,6 +370,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Commands::Debug(DebugCommand::Parse { format, file }) => debug_parse(&file, format),
         Commands::Debug(DebugCommand::Plan(args)) => debug_plan(args),
+        Commands::Debug(DebugCommand::Steps(args)) => debug_steps(args, &root),
     }
 }
 
@@ -636,13 +654,14 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
         },
         secrets,
         single_id,
+        jobs: args.jobs.map_or_else(default_jobs, usize::from),
     };
-    let mut progress: Box<dyn Progress> = match (args.quiet, args.progress) {
+    let progress: Box<dyn Progress> = match (args.quiet, args.progress) {
         (true, _) | (_, ProgressMode::Quiet) => Box::new(Quiet),
         (_, ProgressMode::Json) => Box::new(JsonProgress::new(std::io::stderr())),
         _ => Box::new(Plain::new(std::io::stderr())),
     };
-    let outcome = kiln::builder::build(&store, &opts, progress.as_mut())?;
+    let outcome = kiln::builder::build(&store, &opts, progress.as_ref())?;
     let img = &outcome.image;
     let mut warned = outcome.warned_layers.clone();
     for out in &outputs {
@@ -925,5 +944,38 @@ fn debug_plan(args: PlanArgs) -> Result<()> {
     };
     let graph = plan::plan(&df, &opts).map_err(|e| located(&name, e.line, &e.message))?;
     say(serde_json::to_string_pretty(&graph)?)?;
+    Ok(())
+}
+
+/// Stages run at once by default: one per core.
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `kiln debug steps`: lowers the Dockerfile without running anything. Base images are read
+/// from the store when it exists (nothing is created); others are unresolved.
+fn debug_steps(args: StepsArgs, root: &Path) -> Result<()> {
+    let (text, name) = read_dockerfile(&args.file)?;
+    let opts = BuildOptions {
+        context: PathBuf::from("."),
+        dockerfile: text,
+        dockerfile_name: name,
+        dockerfile_path: None,
+        build_args: parse_build_args(&args.build_args),
+        target: args.target,
+        tags: Vec::new(),
+        source_date_epoch: None,
+        compression: Compression::gzip(),
+        network: kiln::exec::Network::Host,
+        secrets: Default::default(),
+        single_id: false,
+        jobs: 1,
+    };
+    let store = match root.join("index.json").is_file() {
+        true => Some(Store::open(root)?),
+        false => None,
+    };
+    let stages = kiln::builder::lower_steps(&opts, store.as_ref())?;
+    say(serde_json::to_string_pretty(&stages)?)?;
     Ok(())
 }

@@ -8,107 +8,87 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::StepError;
 use super::copy::{ExecUser, resolve_exec_user};
 use super::mounts::{self, MountContext};
-use super::{BuildError, Builder, StageState, shell_of, workdir};
-use crate::dockerfile::instructions::{Instruction, Mount, RunCommand, parse_mount};
-use crate::dockerfile::parser::{chomp_heredoc_content, parse_heredoc};
+use super::scheduler::{Shared, StageState, StepResult};
+use super::step::{PIPES_DIR, RunOp, Step};
 use crate::exec::{ExitStatus, ExtraMount, Network, RunSpec, sandbox};
-use crate::image::Descriptor;
 use crate::layer::DiffOptions;
 use crate::progress::{Event, Progress};
 
-/// Where BuildKit puts a heredoc that starts with `#!`, to run it as a script file.
-const PIPES_DIR: &str = "/dev/pipes";
-
-impl Builder<'_> {
-    /// Runs one RUN step and returns its layer (`None` when the command changed nothing).
+impl Shared<'_> {
+    /// Runs one RUN step; its layer is `None` when the command changed nothing.
     pub(super) fn run(
-        &mut self,
+        &self,
         state: &mut StageState,
-        inst: &Instruction,
-        r: &RunCommand,
-    ) -> Result<Option<Descriptor>, BuildError> {
-        if let Some(sec) = r.security.as_deref().filter(|s| *s != "sandbox") {
-            return Err(self.step_error(
-                inst,
-                format!(
-                    "RUN --security={sec} needs an entitlement kiln does not grant (steps always run sandboxed)"
-                ),
-            ));
-        }
-        if !r.devices.is_empty() {
-            return Err(self.step_error(inst, "RUN --device is not supported by kiln"));
-        }
+        step: &Step,
+        r: &RunOp,
+    ) -> Result<StepResult, StepError> {
         let network = match r.network.as_deref() {
-            None | Some("default") => self.opts.network,
             Some("none") => Network::None,
             Some("host") => Network::Host,
-            Some(other) => {
-                return Err(self.step_error(inst, format!("unsupported network mode {other:?}")));
-            }
+            _ => self.opts.network,
         };
-
-        // Mount specs are expanded like BuildKit's flags, then validated.
-        let mut specs: Vec<Mount> = Vec::new();
-        for m in &r.mounts {
-            let raw = self.expand(state, inst, &m.raw)?;
-            let mut mount = parse_mount(&raw).map_err(|e| self.step_error(inst, e))?;
-            if m.from.is_some() {
-                mount.from = m.from.clone();
-            }
-            specs.push(mount);
-        }
         let mut from_roots: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for m in &specs {
-            if let Some(from) = &m.from
-                && !from_roots.contains_key(from)
-            {
-                let root = self.copy_from_root(inst, from)?;
-                from_roots.insert(from.clone(), root);
-            }
+        for (name, source) in &r.mount_sources {
+            from_roots.insert(name.clone(), self.source_root(source)?);
         }
 
         let scratch = crate::lease::tempdir_in(self.store.root(), self.store.tmp_dir(), "run-")
-            .map_err(|e| BuildError::Context {
-                path: self.store.tmp_dir().to_path_buf(),
-                message: format!("creating a temporary directory: {e}"),
+            .map_err(|source| StepError::Io {
+                what: format!(
+                    "creating a temporary directory in {}",
+                    self.store.tmp_dir().display()
+                ),
+                source,
             })?;
-        let (args, script_mount) = self.run_args(state, inst, r, scratch.path())?;
+        let script_mount = match &r.script {
+            Some(script) => {
+                let dir = scratch.path().join("pipes");
+                let path = dir.join(&script.name);
+                let write = || -> std::io::Result<()> {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::create_dir(&dir)?;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+                    std::fs::write(&path, &script.body)?;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                };
+                write().map_err(|source| StepError::Io {
+                    what: "writing the heredoc script".into(),
+                    source,
+                })?;
+                Some(ExtraMount::Bind {
+                    src: dir,
+                    dst: PIPES_DIR.into(),
+                    readonly: true,
+                })
+            }
+            None => None,
+        };
 
-        let user_spec = state
-            .config
-            .config
-            .as_ref()
-            .map(|c| c.user.clone())
-            .unwrap_or_default();
-        let mut user: ExecUser = resolve_exec_user(&user_spec, state.fs.root())
-            .map_err(|e| self.step_error(inst, e.to_string()))?;
+        let mut user: ExecUser = resolve_exec_user(&r.user, state.fs.root())?;
         if self.opts.single_id {
             if user.uid != 0 || user.gid != 0 {
-                return Err(self.step_error(
-                    inst,
-                    format!(
-                        "USER {user_spec} (uid {}, gid {}) cannot run here: this rootless build has a \
-                         single-id user namespace where only root exists; give your user subordinate \
-                         ids in /etc/subuid and /etc/subgid (usermod --add-subuids/--add-subgids)",
-                        user.uid, user.gid
-                    ),
-                ));
+                return Err(StepError::Invalid(format!(
+                    "USER {} (uid {}, gid {}) cannot run here: this rootless build has a \
+                     single-id user namespace where only root exists; give your user subordinate \
+                     ids in /etc/subuid and /etc/subgid (usermod --add-subuids/--add-subgids)",
+                    r.user, user.uid, user.gid
+                )));
             }
             // setgroups is denied in a single-id namespace.
             user.groups.clear();
         }
-        let wd = workdir(state);
 
         let cache_root = self.store.root().join("cache-mounts");
         let mount_cx = MountContext {
             scratch: scratch.path(),
             cache_root: &cache_root,
             context: &self.opts.context,
-            filter: &self.filter,
+            filter: self.filter,
             secrets: &self.opts.secrets,
-            workdir: &wd,
+            workdir: &r.workdir,
             single_id: self.opts.single_id,
         };
         let mut from_root = |name: &str| -> Result<PathBuf, String> {
@@ -117,10 +97,9 @@ impl Builder<'_> {
                 .cloned()
                 .ok_or_else(|| format!("{name}: not a stage or image of this build"))
         };
-        let mut prepared = mounts::prepare(&specs, &mount_cx, &mut from_root)
-            .map_err(|e| self.step_error(inst, e.to_string()))?;
+        let mut prepared = mounts::prepare(&r.mounts, &mount_cx, &mut from_root)?;
 
-        let mut env: Vec<(String, String)> = state.scope.run_env(&self.graph.build_args);
+        let mut env = r.env.clone();
         if !env.iter().any(|(k, _)| k == "HOME") {
             env.push(("HOME".into(), user.home_or_default()));
         }
@@ -130,10 +109,10 @@ impl Builder<'_> {
         }
 
         let root = self.fss.run_root(&state.fs)?;
-        let mut spec = RunSpec::new(root.rootfs.clone(), args.clone());
+        let mut spec = RunSpec::new(root.rootfs.clone(), r.argv.clone());
         spec.scratch_dir = Some(scratch.path().to_path_buf());
         spec.env = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        spec.cwd = wd.clone();
+        spec.cwd = r.workdir.clone();
         spec.uid = user.uid;
         spec.gid = user.gid;
         spec.groups = user.groups.clone();
@@ -143,11 +122,10 @@ impl Builder<'_> {
             spec.mounts.push(m);
         }
 
-        let id = self.current_step;
         let report = {
             let sink = RefCell::new(LineSink {
-                progress: &mut *self.progress,
-                id,
+                progress: self.progress,
+                id: step.id.number,
                 pending: [Vec::new(), Vec::new()],
             });
             let report = sandbox::run(&spec, SinkHalf(&sink, 0), SinkHalf(&sink, 1));
@@ -156,34 +134,31 @@ impl Builder<'_> {
         };
         let report = report.map_err(|e| {
             // A heredoc script that exists but cannot start names its `#!` line, not the file.
-            let shebang = match (&e, args[0].strip_prefix(PIPES_DIR)) {
-                (crate::exec::ExecError::Exec { .. }, Some(_)) => r
-                    .command
-                    .files
-                    .first()
-                    .and_then(|f| f.data.lines().next())
+            let hint = match (&e, &r.script) {
+                (crate::exec::ExecError::Exec { .. }, Some(script)) => script
+                    .body
+                    .lines()
+                    .next()
                     .map(|l| format!(" (is the interpreter of `{l}` in the image?)")),
                 _ => None,
             };
-            self.step_error(
-                inst,
-                format!("running the step: {e}{}", shebang.unwrap_or_default()),
-            )
+            StepError::Start {
+                source: e,
+                hint: hint.unwrap_or_default(),
+            }
         })?;
         let skip_paths = std::mem::take(&mut prepared.skip);
         drop(prepared);
-        let shown = args.join(" ");
         if report.status != ExitStatus::Code(0) {
             let how = match report.status {
                 ExitStatus::Code(c) => format!("exit code: {c}"),
                 ExitStatus::Signal(s) => format!("killed by signal {s}"),
             };
-            let mut msg = format!("process {shown:?} did not complete successfully: {how}");
-            if !report.tail.is_empty() {
-                msg.push_str("\n--- last lines of its output ---\n");
-                msg.push_str(&report.tail.join("\n"));
-            }
-            return Err(self.step_error(inst, msg));
+            return Err(StepError::Failed {
+                argv: r.argv.join(" "),
+                how,
+                tail: report.tail.clone(),
+            });
         }
 
         let skip = DiffOptions {
@@ -191,102 +166,35 @@ impl Builder<'_> {
             skip_contents: Vec::new(),
         };
         let mut changes = self.fss.changes(&state.fs, root, &report, skip)?;
-        self.step_extra.diff_seconds = Some(changes.diff_seconds);
-        let created_by = format!("RUN {shown} # buildkit");
+        let diff_seconds = Some(changes.diff_seconds);
         if changes.entries.is_empty() {
             self.fss.commit_run(&mut state.fs, changes, None)?;
-            self.history(state, created_by, true);
-            return Ok(None);
+            self.empty_history(state, &step.created_by);
+            return Ok(StepResult {
+                diff_seconds,
+                ..StepResult::default()
+            });
         }
         let started = Instant::now();
         let entries = std::mem::take(&mut changes.entries);
         let (written, desc) = self.store.put_layer(entries, &self.write_options())?;
-        self.step_extra.layer_seconds = Some(started.elapsed().as_secs_f64());
+        let layer_seconds = Some(started.elapsed().as_secs_f64());
         self.fss
             .commit_run(&mut state.fs, changes, Some(&written.diff_id))?;
-        self.record_layer(state, written.diff_id, &desc, created_by);
+        self.record_layer(state, &written.diff_id, &desc, &step.created_by);
         drop(scratch);
-        Ok(Some(desc))
-    }
-
-    /// The argv, as BuildKit forms it: exec form as is; shell form through SHELL; a RUN that is
-    /// a single heredoc runs its body as the shell's command text, or — when the body starts
-    /// with `#!` — as a script file mounted under /dev/pipes; other heredocs are put back
-    /// into the command text for the shell to read.
-    fn run_args(
-        &self,
-        state: &StageState,
-        inst: &Instruction,
-        r: &RunCommand,
-        scratch: &std::path::Path,
-    ) -> Result<(Vec<String>, Option<ExtraMount>), BuildError> {
-        let cl = &r.command;
-        let mut args = cl.cmd_line.clone();
-        let mut prepend_shell = cl.prepend_shell;
-        let mut script = None;
-        if !cl.files.is_empty() {
-            if args.len() != 1 || !prepend_shell {
-                return Err(self.step_error(
-                    inst,
-                    format!("parsing produced an invalid run command: {args:?}"),
-                ));
-            }
-            let single = parse_heredoc(&args[0]).ok().flatten().is_some();
-            if single {
-                let file = &cl.files[0];
-                let data = if file.chomp {
-                    chomp_heredoc_content(&file.data)
-                } else {
-                    file.data.clone()
-                };
-                if data.starts_with("#!") {
-                    let dir = scratch.join("pipes");
-                    let path = dir.join(&file.name);
-                    let write = || -> std::io::Result<()> {
-                        use std::os::unix::fs::PermissionsExt;
-                        std::fs::create_dir(&dir)?;
-                        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-                        std::fs::write(&path, &data)?;
-                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-                    };
-                    write().map_err(|e| {
-                        self.step_error(inst, format!("writing the heredoc script: {e}"))
-                    })?;
-                    script = Some(ExtraMount::Bind {
-                        src: dir,
-                        dst: PIPES_DIR.into(),
-                        readonly: true,
-                    });
-                    args = vec![format!("{PIPES_DIR}/{}", file.name)];
-                    prepend_shell = false;
-                } else {
-                    args = vec![data];
-                }
-            } else {
-                let mut full = args[0].clone();
-                for f in &cl.files {
-                    full.push('\n');
-                    full.push_str(&f.data);
-                    full.push_str(&f.name);
-                }
-                args = vec![full];
-            }
-        }
-        if prepend_shell {
-            let mut shell = shell_of(&state.config);
-            shell.extend(args);
-            args = shell;
-        }
-        if args.is_empty() {
-            return Err(self.step_error(inst, "RUN has no command"));
-        }
-        Ok((args, script))
+        Ok(StepResult {
+            layer: Some(desc),
+            diff_id: Some(written.diff_id),
+            diff_seconds,
+            layer_seconds,
+        })
     }
 }
 
 /// Turns the command's output into `StepLog` lines, one per line, as it arrives.
 struct LineSink<'p> {
-    progress: &'p mut dyn Progress,
+    progress: &'p dyn Progress,
     id: usize,
     pending: [Vec<u8>; 2],
 }

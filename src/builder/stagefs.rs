@@ -91,7 +91,7 @@ pub struct Filesystems<'a> {
     empty: PathBuf,
     /// What unpacking layers could not reproduce (device nodes a user namespace cannot make):
     /// (layer digest, line), until [`take_warnings`](Filesystems::take_warnings).
-    warnings: std::cell::RefCell<Vec<(String, String)>>,
+    warnings: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 /// One stage's filesystem.
@@ -282,13 +282,13 @@ impl<'a> Filesystems<'a> {
         if let Some(w) = report.skipped_devices_warning() {
             let digest = desc.digest().to_string();
             let line = format!("layer {digest}: {w}");
-            self.warnings.borrow_mut().push((digest, line));
+            self.warnings.lock().unwrap_or_else(|e| e.into_inner()).push((digest, line));
         }
     }
 
     /// The warnings gathered since the last call, as (layer digest, line).
     pub fn take_warnings(&self) -> Vec<(String, String)> {
-        std::mem::take(&mut *self.warnings.borrow_mut())
+        std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Adds a layer written on top of the stage (COPY, ADD, WORKDIR) and refreshes the view.

@@ -1,7 +1,12 @@
 //! Renderers for build progress events: plain (CI logs, like `docker build --progress=plain`),
 //! quiet, and json (one event per line, for machines).
+//!
+//! Stages build on several threads at once, so a sink is `Send + Sync` and takes events through
+//! `&self`; each event names its step by the step's number, so a renderer can tell interleaved
+//! stages apart.
 
 use std::io::Write;
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -9,9 +14,14 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// A step starts. `id` numbers steps in the order they start (from 1).
+    /// A step starts. `id` is the step's number in the build (from 1, stage by stage in
+    /// build order), whatever order the steps run in.
     StepStarted {
         id: usize,
+        /// The stage's name, or `stage-N`.
+        stage: String,
+        /// `Dockerfile:12`
+        loc: String,
         /// e.g. `[build 2/4] COPY . /src`
         name: String,
     },
@@ -22,6 +32,9 @@ pub enum Event {
         id: usize,
         seconds: f64,
         cached: bool,
+        /// The size of the layer the step wrote, if it wrote one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bytes: Option<u64>,
     },
     /// A step failed.
     StepFailed { id: usize, error: String },
@@ -35,60 +48,65 @@ pub enum Event {
     },
 }
 
-/// Receives progress events.
-pub trait Progress {
-    fn event(&mut self, event: &Event);
+/// Receives progress events, from any thread.
+pub trait Progress: Send + Sync {
+    fn event(&self, event: &Event);
 }
 
 /// Ignores everything.
 pub struct Quiet;
 
 impl Progress for Quiet {
-    fn event(&mut self, _event: &Event) {}
+    fn event(&self, _event: &Event) {}
 }
 
 /// `#N [stage i/n] INSTRUCTION` … `#N DONE 0.1s`, like BuildKit's plain output.
 pub struct Plain<W: Write> {
-    out: W,
+    out: Mutex<W>,
 }
 
 impl<W: Write> Plain<W> {
     pub fn new(out: W) -> Self {
-        Plain { out }
+        Plain {
+            out: Mutex::new(out),
+        }
     }
 }
 
-impl<W: Write> Progress for Plain<W> {
-    fn event(&mut self, event: &Event) {
+impl<W: Write + Send> Progress for Plain<W> {
+    fn event(&self, event: &Event) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let out = &mut *out;
         // Progress output is best effort: a closed stderr must not fail the build.
         let _ = match event {
-            Event::StepStarted { id, name } => writeln!(self.out, "#{id} {name}"),
-            Event::StepLog { id, line } => writeln!(self.out, "#{id} {line}"),
+            Event::StepStarted { id, name, .. } => writeln!(out, "#{id} {name}"),
+            Event::StepLog { id, line } => writeln!(out, "#{id} {line}"),
             Event::StepDone {
                 id,
                 seconds,
                 cached,
+                ..
             } => {
                 if *cached {
-                    writeln!(self.out, "#{id} CACHED")
+                    writeln!(out, "#{id} CACHED")
                 } else {
-                    writeln!(self.out, "#{id} DONE {seconds:.1}s")
+                    writeln!(out, "#{id} DONE {seconds:.1}s")
                 }
             }
-            Event::StepFailed { id, error } => writeln!(self.out, "#{id} ERROR: {error}"),
-            Event::Notice { message } => writeln!(self.out, "#0 {message}"),
+            Event::StepFailed { id, error } => writeln!(out, "#{id} ERROR: {error}"),
+            Event::Notice { message } => writeln!(out, "#0 {message}"),
             Event::ImageWritten {
                 manifest_digest,
                 config_digest,
                 names,
             } => {
-                let mut r = writeln!(self.out, "#0 writing image {config_digest}");
+                let mut r = writeln!(out, "#0 writing image {config_digest}");
                 if r.is_ok() {
-                    r = writeln!(self.out, "#0 manifest {manifest_digest}");
+                    r = writeln!(out, "#0 manifest {manifest_digest}");
                 }
                 for n in names {
                     if r.is_ok() {
-                        r = writeln!(self.out, "#0 naming to {n}");
+                        r = writeln!(out, "#0 naming to {n}");
                     }
                 }
                 r
@@ -99,19 +117,22 @@ impl<W: Write> Progress for Plain<W> {
 
 /// One JSON object per event and line.
 pub struct Json<W: Write> {
-    out: W,
+    out: Mutex<W>,
 }
 
 impl<W: Write> Json<W> {
     pub fn new(out: W) -> Self {
-        Json { out }
+        Json {
+            out: Mutex::new(out),
+        }
     }
 }
 
-impl<W: Write> Progress for Json<W> {
-    fn event(&mut self, event: &Event) {
+impl<W: Write + Send> Progress for Json<W> {
+    fn event(&self, event: &Event) {
         if let Ok(line) = serde_json::to_string(event) {
-            let _ = writeln!(self.out, "{line}");
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = writeln!(out, "{line}");
         }
     }
 }
@@ -124,15 +145,18 @@ mod tests {
     fn plain_lines() {
         let mut buf = Vec::new();
         {
-            let mut p = Plain::new(&mut buf);
+            let p = Plain::new(&mut buf);
             p.event(&Event::StepStarted {
                 id: 1,
+                stage: "stage-0".into(),
+                loc: "Dockerfile:1".into(),
                 name: "[1/2] FROM scratch".into(),
             });
             p.event(&Event::StepDone {
                 id: 1,
                 seconds: 0.04,
                 cached: false,
+                bytes: None,
             });
         }
         assert_eq!(

@@ -1,0 +1,488 @@
+//! Runs the lowered stages: one worker thread per ready stage, at most `jobs` at once, and per
+//! step one door — its inputs are known (lowered) → execute → commit the result.
+//!
+//! A stage is ready when every stage it reads (`FROM`, `COPY --from`, `RUN --mount=from=`) is
+//! built. Output does not depend on the interleaving: each stage's layers depend only on its
+//! own steps and the stages it read, history times are the build's one timestamp, and the step
+//! records are put back in step order at the end. A worker is a scoped thread that lives until
+//! its stage is done, which a RUN needs: its child is tied to the spawning thread by
+//! PDEATHSIG.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::context::ContextFilter;
+use crate::image::config::{History, format_rfc3339};
+use crate::image::{Descriptor, ImageConfig, ImageError, Store, StoredImage};
+use crate::layer::{DiffId, LayerEntry, WriteOptions};
+use crate::plan::Graph;
+use crate::progress::{Event, Progress};
+
+use super::config::{StageConfig, scratch_config};
+use super::copy::{self, CopyRequest, CopySource};
+use super::lower::LoweredStage;
+use super::stagefs::{Filesystems, StageFs};
+use super::step::{CopyOp, MkdirOp, Op, Source, Step};
+use super::{BuildError, BuildOptions, StepError, StepRecord};
+
+/// The state of one stage while it builds.
+pub(super) struct StageState {
+    pub fs: StageFs,
+    pub config: StageConfig,
+    pub layers: Vec<Descriptor>,
+}
+
+/// What a step produced, for its record and progress.
+#[derive(Default)]
+pub(super) struct StepResult {
+    pub layer: Option<Descriptor>,
+    pub diff_id: Option<DiffId>,
+    /// RUN: seconds spent reading the changes.
+    pub diff_seconds: Option<f64>,
+    /// Seconds spent writing the layer blob.
+    pub layer_seconds: Option<f64>,
+}
+
+/// What every worker shares. All of it is `Sync`: the store and snapshots lock on disk, the
+/// rest is behind mutexes.
+pub(super) struct Shared<'a> {
+    pub store: &'a Store,
+    pub fss: &'a Filesystems<'a>,
+    pub opts: &'a BuildOptions,
+    pub filter: &'a ContextFilter,
+    pub progress: &'a dyn Progress,
+    /// Timestamp for history entries and files kiln creates.
+    pub now: i64,
+    /// Base images the lowering resolved, by reference.
+    bases: BTreeMap<String, StoredImage>,
+    /// Finished stages (for `FROM <stage>`, `COPY --from`, mounts `from=`).
+    done: Mutex<BTreeMap<usize, Arc<Mutex<StageState>>>>,
+    /// Filesystems of images read by `COPY --from=<image>` and `RUN --mount=from=<image>`.
+    images: Mutex<BTreeMap<String, Arc<Mutex<StageFs>>>>,
+    records: Mutex<Vec<(usize, StepRecord)>>,
+    warned_layers: Mutex<BTreeSet<String>>,
+}
+
+/// What the workers built.
+pub(super) struct Built {
+    stages: BTreeMap<usize, Arc<Mutex<StageState>>>,
+    pub records: Vec<StepRecord>,
+    pub warned_layers: BTreeSet<String>,
+}
+
+impl Built {
+    /// A stage's final config and layers.
+    pub fn image(&self, stage: usize) -> (ImageConfig, Vec<Descriptor>) {
+        let s = lock(&self.stages[&stage]);
+        (s.config.config().clone(), s.layers.clone())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A worker that panicked has already failed the build; its data is still consistent
+    // enough to read for cleanup.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<'a> Shared<'a> {
+    pub fn new(
+        store: &'a Store,
+        fss: &'a Filesystems<'a>,
+        opts: &'a BuildOptions,
+        filter: &'a ContextFilter,
+        progress: &'a dyn Progress,
+        bases: BTreeMap<String, StoredImage>,
+        now: i64,
+    ) -> Self {
+        Shared {
+            store,
+            fss,
+            opts,
+            filter,
+            progress,
+            now,
+            bases,
+            done: Mutex::new(BTreeMap::new()),
+            images: Mutex::new(BTreeMap::new()),
+            records: Mutex::new(Vec::new()),
+            warned_layers: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Runs every stage, at most `opts.jobs` at once. On a failure no new stage starts; the
+    /// running ones finish, and the first error is returned.
+    pub fn run_stages(self, stages: &[LoweredStage], graph: &Graph) -> Result<Built, BuildError> {
+        let position: BTreeMap<usize, usize> = graph
+            .build_order
+            .iter()
+            .enumerate()
+            .map(|(pos, &s)| (s, pos))
+            .collect();
+        // A stage waits for the stages it reads that come before it in build order; a read of
+        // any other stage fails at its step.
+        let deps: Vec<BTreeSet<usize>> = stages
+            .iter()
+            .map(|st| {
+                st.steps
+                    .iter()
+                    .flat_map(|s| s.reads())
+                    .filter_map(|src| match src {
+                        Source::Stage { index, .. } => Some(*index),
+                        _ => None,
+                    })
+                    .filter(|d| match (position.get(d), position.get(&st.index)) {
+                        (Some(a), Some(b)) => a < b,
+                        _ => false,
+                    })
+                    .collect()
+            })
+            .collect();
+        let jobs = self.opts.jobs.max(1);
+        let mut pending: Vec<usize> = (0..stages.len()).collect();
+        let mut finished: BTreeSet<usize> = BTreeSet::new();
+        let mut first_error: Option<BuildError> = None;
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel::<(usize, Result<StageState, BuildError>)>();
+            let mut running = 0usize;
+            loop {
+                while running < jobs && first_error.is_none() {
+                    let Some(pos) = pending
+                        .iter()
+                        .position(|&i| deps[i].iter().all(|d| finished.contains(d)))
+                    else {
+                        break;
+                    };
+                    let i = pending.remove(pos);
+                    let tx = tx.clone();
+                    let this = &self;
+                    let stage = &stages[i];
+                    running += 1;
+                    std::thread::Builder::new()
+                        .name(format!("kiln-{}", stage.label))
+                        .spawn_scoped(scope, move || {
+                            let result = this.run_stage(stage);
+                            let _ = tx.send((i, result));
+                        })
+                        .expect("spawning a stage worker");
+                }
+                if running == 0 {
+                    break;
+                }
+                let Ok((i, result)) = rx.recv() else { break };
+                running -= 1;
+                match result {
+                    Ok(state) => {
+                        let index = stages[i].index;
+                        lock(&self.done).insert(index, Arc::new(Mutex::new(state)));
+                        finished.insert(index);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        });
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let mut records = self.records.into_inner().unwrap_or_else(|e| e.into_inner());
+        records.sort_by_key(|(n, _)| *n);
+        Ok(Built {
+            stages: self.done.into_inner().unwrap_or_else(|e| e.into_inner()),
+            records: records.into_iter().map(|(_, r)| r).collect(),
+            warned_layers: self
+                .warned_layers
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner()),
+        })
+    }
+
+    /// Runs one stage's steps in order.
+    fn run_stage(&self, stage: &LoweredStage) -> Result<StageState, BuildError> {
+        let mut state: Option<StageState> = None;
+        for step in &stage.steps {
+            let started = Instant::now();
+            self.progress.event(&Event::StepStarted {
+                id: step.id.number,
+                stage: step.stage.clone(),
+                loc: format!("{}:{}", step.loc.file, step.loc.line),
+                name: step.name.clone(),
+            });
+            match self.execute(&mut state, step) {
+                Ok(result) => self.finish_step(step, started, result),
+                Err(source) => {
+                    let e = BuildError::step(&step.loc, source);
+                    self.progress.event(&Event::StepFailed {
+                        id: step.id.number,
+                        error: e.to_string(),
+                    });
+                    return Err(e);
+                }
+            }
+        }
+        Ok(state.expect("every stage starts with its FROM step"))
+    }
+
+    fn finish_step(&self, step: &Step, started: Instant, result: StepResult) {
+        let seconds = started.elapsed().as_secs_f64();
+        let bytes = result.layer.as_ref().map(|l| l.size());
+        self.progress.event(&Event::StepDone {
+            id: step.id.number,
+            seconds,
+            cached: false,
+            bytes,
+        });
+        let record = StepRecord {
+            stage: step.stage.clone(),
+            instruction: step.loc.instruction.clone(),
+            location: format!("{}:{}", step.loc.file, step.loc.line),
+            cached: false,
+            seconds,
+            layer_digest: result.layer.as_ref().map(|l| l.digest().to_string()),
+            layer_size: bytes,
+            diff_id: result.diff_id.map(|d| d.to_string()),
+            diff_seconds: result.diff_seconds,
+            layer_seconds: result.layer_seconds,
+        };
+        lock(&self.records).push((step.id.number, record));
+    }
+
+    /// The one door: a step whose inputs are all known is executed and its result committed.
+    /// (The step cache looks up here first, from [6/9] on.)
+    fn execute(
+        &self,
+        state: &mut Option<StageState>,
+        step: &Step,
+    ) -> Result<StepResult, StepError> {
+        if let Op::Base(source) = &step.op {
+            *state = Some(self.start_stage(source)?);
+            return Ok(StepResult::default());
+        }
+        let state = state.as_mut().expect("the FROM step comes first");
+        match &step.op {
+            Op::Base(_) => unreachable!("handled above"),
+            Op::Config(change) => {
+                state.config.apply(change);
+                self.empty_history(state, &step.created_by);
+                Ok(StepResult::default())
+            }
+            Op::Mkdir(m) => self.mkdir(state, m, &step.created_by),
+            Op::Copy(c) => self.copy(state, c, &step.created_by),
+            Op::Run(r) => self.run(state, step, r),
+        }
+    }
+
+    fn start_stage(&self, source: &Source) -> Result<StageState, StepError> {
+        let (config, layers) = match source {
+            Source::Scratch => (scratch_config(), Vec::new()),
+            Source::Stage { index, .. } => {
+                let stage = self.finished(*index).ok_or_else(|| {
+                    StepError::Source(format!("stage {index} must be built before it is used"))
+                })?;
+                let s = lock(&stage);
+                (s.config.config().clone(), s.layers.clone())
+            }
+            Source::Image { reference } => {
+                let img = self
+                    .bases
+                    .get(reference)
+                    .ok_or_else(|| StepError::Source(format!("image {reference} not resolved")))?;
+                (img.config.clone(), img.layers().to_vec())
+            }
+        };
+        let diff_ids = config.rootfs.diff_ids.clone();
+        if diff_ids.len() != layers.len() {
+            return Err(StepError::Image(ImageError::Invalid(format!(
+                "the image has {} layers but its config lists {} diffIDs",
+                layers.len(),
+                diff_ids.len()
+            ))));
+        }
+        let fs = self.fss.stage(&layers, &diff_ids)?;
+        self.report_fs_warnings();
+        let (config, _triggers_already_lowered) = StageConfig::start(config);
+        Ok(StageState { fs, config, layers })
+    }
+
+    fn finished(&self, index: usize) -> Option<Arc<Mutex<StageState>>> {
+        lock(&self.done).get(&index).cloned()
+    }
+
+    /// The root of what a `--from` names: a finished stage's filesystem or an image's.
+    pub(super) fn source_root(&self, source: &Source) -> Result<PathBuf, StepError> {
+        match source {
+            Source::Scratch => Err(StepError::Source("scratch has no filesystem".into())),
+            Source::Stage { index, name } => match self.finished(*index) {
+                Some(stage) => Ok(lock(&stage).fs.root().to_path_buf()),
+                None => {
+                    let from = name.clone().unwrap_or_else(|| index.to_string());
+                    Err(StepError::Source(format!(
+                        "stage {from:?} must be built before it is copied from"
+                    )))
+                }
+            },
+            Source::Image { reference } => {
+                let mut images = lock(&self.images);
+                if let Some(fs) = images.get(reference) {
+                    return Ok(lock(fs).root().to_path_buf());
+                }
+                let img =
+                    super::resolve_image(self.store, reference).map_err(StepError::Source)?;
+                let fs = self
+                    .fss
+                    .stage(img.layers(), &img.config.rootfs.diff_ids)?;
+                self.report_fs_warnings();
+                let root = fs.root().to_path_buf();
+                images.insert(reference.clone(), Arc::new(Mutex::new(fs)));
+                Ok(root)
+            }
+        }
+    }
+
+    fn copy(
+        &self,
+        state: &mut StageState,
+        c: &CopyOp,
+        created_by: &str,
+    ) -> Result<StepResult, StepError> {
+        let from_root = c.from.as_ref().map(|s| self.source_root(s)).transpose()?;
+        let source = match &from_root {
+            Some(root) => CopySource::Rootfs { root },
+            None => CopySource::Context {
+                root: &self.opts.context,
+                filter: self.filter,
+            },
+        };
+        let req = CopyRequest {
+            add: c.add,
+            source,
+            sources: &c.sources,
+            contents: &c.heredocs,
+            dest: &c.dest,
+            workdir: &c.workdir,
+            chown: c.chown.as_deref(),
+            chmod: c.chmod.as_deref(),
+            parents: c.parents,
+            exclude: &c.exclude,
+            unpack: c.unpack,
+            checksum: c.checksum.as_deref(),
+            now: self.now,
+        };
+        let entries = copy::copy_entries(&req, state.fs.root())?;
+        self.commit_layer(state, entries, created_by)
+    }
+
+    /// WORKDIR creates its directory (owned by the current USER, as BuildKit's mkdir) when it
+    /// is missing.
+    fn mkdir(
+        &self,
+        state: &mut StageState,
+        m: &MkdirOp,
+        created_by: &str,
+    ) -> Result<StepResult, StepError> {
+        state.config.set_workdir(&m.path);
+        let resolved = crate::layer::resolve_in_root(state.fs.root(), Path::new(&m.path), true)
+            .map_err(|source| StepError::Io {
+                what: format!("resolving {}", m.path),
+                source,
+            })?;
+        if resolved.is_dir() {
+            self.empty_history(state, created_by);
+            return Ok(StepResult::default());
+        }
+        let user = Some(m.user.as_str()).filter(|u| !u.is_empty());
+        let req = CopyRequest {
+            add: false,
+            source: CopySource::Context {
+                root: &self.opts.context,
+                filter: self.filter,
+            },
+            sources: &[],
+            contents: &[],
+            dest: &format!("{}/", m.path.trim_end_matches('/')),
+            workdir: "/",
+            chown: user,
+            chmod: None,
+            parents: false,
+            exclude: &[],
+            unpack: None,
+            checksum: None,
+            now: self.now,
+        };
+        let entries = copy::copy_entries(&req, state.fs.root())?;
+        self.commit_layer(state, entries, created_by)
+    }
+
+    /// Writes `entries` as a layer blob, applies it to the stage and records it.
+    fn commit_layer(
+        &self,
+        state: &mut StageState,
+        entries: Vec<LayerEntry>,
+        created_by: &str,
+    ) -> Result<StepResult, StepError> {
+        let started = Instant::now();
+        let (written, desc) = self.store.put_layer(entries, &self.write_options())?;
+        let layer_seconds = started.elapsed().as_secs_f64();
+        self.fss
+            .push_layer(&mut state.fs, &desc, &written.diff_id)?;
+        self.report_fs_warnings();
+        self.record_layer(state, &written.diff_id, &desc, created_by);
+        Ok(StepResult {
+            layer: Some(desc),
+            diff_id: Some(written.diff_id),
+            diff_seconds: None,
+            layer_seconds: Some(layer_seconds),
+        })
+    }
+
+    /// Says once what unpacking layers could not reproduce (device nodes in a user namespace).
+    pub(super) fn report_fs_warnings(&self) {
+        for (digest, w) in self.fss.take_warnings() {
+            if lock(&self.warned_layers).insert(digest) {
+                self.progress.event(&Event::Notice {
+                    message: format!("warning: {w}"),
+                });
+            }
+        }
+    }
+
+    pub(super) fn write_options(&self) -> WriteOptions {
+        WriteOptions {
+            compression: self.opts.compression,
+            source_date_epoch: self.opts.source_date_epoch,
+            ..WriteOptions::default()
+        }
+    }
+
+    /// Adds a written layer to the stage's image: its descriptor, diffID and history entry.
+    pub(super) fn record_layer(
+        &self,
+        state: &mut StageState,
+        diff_id: &DiffId,
+        desc: &Descriptor,
+        created_by: &str,
+    ) {
+        state.layers.push(desc.clone());
+        state.config.config_mut().push_layer(
+            *diff_id,
+            History {
+                created: Some(format_rfc3339(self.now)),
+                created_by: created_by.to_string(),
+                ..History::default()
+            },
+        );
+    }
+
+    /// A history entry for a step that made no layer.
+    pub(super) fn empty_history(&self, state: &mut StageState, created_by: &str) {
+        state.config.config_mut().history.push(History {
+            created: Some(format_rfc3339(self.now)),
+            created_by: created_by.to_string(),
+            empty_layer: true,
+            ..History::default()
+        });
+    }
+}
