@@ -198,14 +198,29 @@ pub fn join_workdir(current: &str, path: &str) -> String {
     crate::pathclean::clean_absolute(&format!("{base}/{path}"))
 }
 
+/// A config value BuildKit refuses.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("invalid port: {port:?}: invalid proto: {proto}")]
+    PortProtocol { port: String, proto: String },
+    #[error("invalid containerPort: {0}")]
+    PortNumber(String),
+    #[error("invalid signal: {0}")]
+    Signal(String),
+}
+
 /// `80` → `80/tcp`; `53/udp` stays; ranges are kept as written.
-pub fn normalize_port(port: &str) -> Result<String, String> {
+pub fn normalize_port(port: &str) -> Result<String, ConfigError> {
     let (num, proto) = match port.split_once('/') {
         Some((n, p)) => (n, p.to_lowercase()),
         None => (port, "tcp".to_string()),
     };
     if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(format!("invalid port: {port:?}: invalid proto: {proto}"));
+        return Err(ConfigError::PortProtocol {
+            port: port.to_string(),
+            proto,
+        });
     }
     let valid = |s: &str| s.parse::<u16>().is_ok();
     let ok = match num.split_once('-') {
@@ -213,13 +228,13 @@ pub fn normalize_port(port: &str) -> Result<String, String> {
         None => valid(num),
     };
     if !ok {
-        return Err(format!("invalid containerPort: {num}"));
+        return Err(ConfigError::PortNumber(num.to_string()));
     }
     Ok(format!("{num}/{proto}"))
 }
 
 /// STOPSIGNAL accepts a number or a signal name (with or without `SIG`).
-pub fn validate_signal(signal: &str) -> Result<(), String> {
+pub fn validate_signal(signal: &str) -> Result<(), ConfigError> {
     const NAMES: [&str; 31] = [
         "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "IOT", "BUS", "FPE", "KILL", "USR1", "SEGV",
         "USR2", "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU",
@@ -235,7 +250,7 @@ pub fn validate_signal(signal: &str) -> Result<(), String> {
     if NAMES.contains(&name) || name.starts_with("RTMIN") || name.starts_with("RTMAX") {
         return Ok(());
     }
-    Err(format!("invalid signal: {signal}"))
+    Err(ConfigError::Signal(signal.to_string()))
 }
 
 pub fn to_healthcheck(h: &HealthCheck) -> Healthcheck {

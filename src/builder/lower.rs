@@ -21,7 +21,7 @@ use super::config::{self, StageConfig};
 use super::step::{
     ConfigChange, CopyOp, Location, MkdirOp, Op, PIPES_DIR, RunOp, Script, Source, Step, StepId,
 };
-use super::{BuildError, StepError, dockerfile_error};
+use super::{BaseError, BuildError, StepError, dockerfile_error};
 
 /// A stage's steps, in order (the FROM step first).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -33,8 +33,8 @@ pub struct LoweredStage {
 
 /// The base configs the lowering reads: by image reference, `None` when kiln cannot read it.
 pub trait BaseConfigs {
-    /// `Err` is a message for the FROM line (e.g. the image is not in the store).
-    fn config(&self, reference: &str) -> Result<Option<ImageConfig>, String>;
+    /// `Err` is an error of the FROM line (e.g. the image is not in the store).
+    fn config(&self, reference: &str) -> Result<Option<ImageConfig>, BaseError>;
 }
 
 /// What lowering shares across stages.
@@ -128,12 +128,12 @@ impl<'a> Lowering<'a> {
                 )
             }
             Base::Image { reference } => {
-                let found = self.bases.config(reference).map_err(|message| {
+                let found = self.bases.config(reference).map_err(|e| {
                     dockerfile_error(
                         self.file,
                         self.text,
                         Some(stage.location.start_line),
-                        message,
+                        crate::error_chain(&e),
                     )
                 })?;
                 let reference = reference.clone();
@@ -354,7 +354,7 @@ impl<'a> Lowering<'a> {
                         .process_words_in(p, &env.scope, &self.budget)
                         .map_err(StepError::from)?;
                     for port in &words {
-                        shown.push(config::normalize_port(port).map_err(StepError::Invalid)?);
+                        shown.push(config::normalize_port(port)?);
                     }
                 }
                 let created_by = format!("EXPOSE {}", shown.join(" "));
@@ -376,7 +376,7 @@ impl<'a> Lowering<'a> {
             }
             Command::Stopsignal { signal } => {
                 let signal = self.expand(env, signal)?;
-                config::validate_signal(&signal).map_err(StepError::Invalid)?;
+                config::validate_signal(&signal)?;
                 let created_by = format!("STOPSIGNAL {signal}");
                 config(ConfigChange::StopSignal(signal), created_by)
             }
@@ -555,16 +555,6 @@ impl<'a> Lowering<'a> {
         r: &RunCommand,
         unresolved: &mut Vec<&'static str>,
     ) -> Result<(Op, String), StepError> {
-        if let Some(sec) = r.security.as_deref().filter(|s| *s != "sandbox") {
-            return Err(StepError::Invalid(format!(
-                "RUN --security={sec} needs an entitlement kiln does not grant (steps always run sandboxed)"
-            )));
-        }
-        if !r.devices.is_empty() {
-            return Err(StepError::Invalid(
-                "RUN --device is not supported by kiln".into(),
-            ));
-        }
         let network = match r.network.as_deref() {
             None | Some("default") => None,
             Some(n @ ("none" | "host")) => Some(n.to_string()),
@@ -589,11 +579,16 @@ impl<'a> Lowering<'a> {
             mounts.push(mount);
         }
         let (argv, script) = self.run_args(env, r, unresolved)?;
-        unresolved.extend(["env", "user", "workdir"].iter().copied().filter(|f| match *f {
-            "user" => !env.user_set,
-            "workdir" => !env.workdir_set,
-            _ => true,
-        }));
+        unresolved.extend(
+            ["env", "user", "workdir"]
+                .iter()
+                .copied()
+                .filter(|f| match *f {
+                    "user" => !env.user_set,
+                    "workdir" => !env.workdir_set,
+                    _ => true,
+                }),
+        );
         let created_by = format!("RUN {} # buildkit", argv.join(" "));
         let op = RunOp {
             argv,
@@ -604,6 +599,8 @@ impl<'a> Lowering<'a> {
             mounts,
             mount_sources,
             network,
+            security: r.security.clone().filter(|s| s != "sandbox"),
+            devices: r.devices.clone(),
         };
         Ok((Op::Run(op), created_by))
     }
@@ -700,7 +697,7 @@ fn show_sources(sources: &[String], contents: &[(String, String)]) -> String {
 pub struct UnknownBases;
 
 impl BaseConfigs for UnknownBases {
-    fn config(&self, _reference: &str) -> Result<Option<ImageConfig>, String> {
+    fn config(&self, _reference: &str) -> Result<Option<ImageConfig>, BaseError> {
         Ok(None)
     }
 }

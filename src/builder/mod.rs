@@ -154,6 +154,10 @@ pub enum StepError {
     Expand(String),
     #[error(transparent)]
     Shell(#[from] crate::dockerfile::shell::ShellError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Base(#[from] BaseError),
     /// `--from` names what this build cannot read.
     #[error("{0}")]
     Source(String),
@@ -172,7 +176,10 @@ pub enum StepError {
         hint: String,
     },
     /// The command ran and failed.
-    #[error("process {argv:?} did not complete successfully: {how}{}", output_tail(tail))]
+    #[error(
+        "process {argv:?} did not complete successfully: {how}{}",
+        output_tail(tail)
+    )]
     Failed {
         argv: String,
         how: String,
@@ -363,7 +370,7 @@ impl<'s> StoreBases<'s> {
 }
 
 impl BaseConfigs for StoreBases<'_> {
-    fn config(&self, reference: &str) -> Result<Option<crate::image::ImageConfig>, String> {
+    fn config(&self, reference: &str) -> Result<Option<crate::image::ImageConfig>, BaseError> {
         let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(img) = images.get(reference) {
             return Ok(Some(img.config.clone()));
@@ -375,21 +382,33 @@ impl BaseConfigs for StoreBases<'_> {
                 Ok(Some(config))
             }
             Err(_) if self.missing_is_unknown => Ok(None),
-            Err(message) => Err(message),
+            Err(e) => Err(e),
         }
     }
 }
 
+/// Why a base image (FROM, `--from`) cannot be read.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum BaseError {
+    #[error(
+        "image {name} not found in the store (pulling from registries is not supported yet; \
+         use `kiln import` or `kiln load` to add it)"
+    )]
+    NotInStore { name: String },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
 /// Finds an image in the store. Registries arrive later; until then a missing image is an
 /// error that says how to get it into the store.
-fn resolve_image(store: &Store, reference: &str) -> Result<StoredImage, String> {
-    let name = crate::image::parse_ref(reference).map_err(|e| e.to_string())?;
+fn resolve_image(store: &Store, reference: &str) -> Result<StoredImage, BaseError> {
+    let name = crate::image::parse_ref(reference)?;
     store.resolve(&name.to_string()).map_err(|e| match e {
-        ImageError::NotFound { .. } => format!(
-            "image {name} not found in the store (pulling from registries is not supported yet; \
-             use `kiln import` or `kiln load` to add it)"
-        ),
-        other => other.to_string(),
+        ImageError::NotFound { .. } => BaseError::NotInStore {
+            name: name.to_string(),
+        },
+        other => BaseError::Image(other),
     })
 }
 
@@ -452,4 +471,3 @@ fn context_filter(opts: &BuildOptions) -> Result<ContextFilter, BuildError> {
         }
     })
 }
-

@@ -25,6 +25,16 @@ impl Shared<'_> {
         step: &Step,
         r: &RunOp,
     ) -> Result<StepResult, StepError> {
+        if let Some(sec) = &r.security {
+            return Err(StepError::Invalid(format!(
+                "RUN --security={sec} needs an entitlement kiln does not grant (steps always run sandboxed)"
+            )));
+        }
+        if !r.devices.is_empty() {
+            return Err(StepError::Invalid(
+                "RUN --device is not supported by kiln".into(),
+            ));
+        }
         let network = match r.network.as_deref() {
             Some("none") => Network::None,
             Some("host") => Network::Host,

@@ -329,11 +329,8 @@ impl<'a> Shared<'a> {
                 if let Some(fs) = images.get(reference) {
                     return Ok(lock(fs).root().to_path_buf());
                 }
-                let img =
-                    super::resolve_image(self.store, reference).map_err(StepError::Source)?;
-                let fs = self
-                    .fss
-                    .stage(img.layers(), &img.config.rootfs.diff_ids)?;
+                let img = super::resolve_image(self.store, reference)?;
+                let fs = self.fss.stage(img.layers(), &img.config.rootfs.diff_ids)?;
                 self.report_fs_warnings();
                 let root = fs.root().to_path_buf();
                 images.insert(reference.clone(), Arc::new(Mutex::new(fs)));

@@ -282,7 +282,10 @@ impl<'a> Filesystems<'a> {
         if let Some(w) = report.skipped_devices_warning() {
             let digest = desc.digest().to_string();
             let line = format!("layer {digest}: {w}");
-            self.warnings.lock().unwrap_or_else(|e| e.into_inner()).push((digest, line));
+            self.warnings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((digest, line));
         }
     }
 

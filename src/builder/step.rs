@@ -174,6 +174,13 @@ pub struct RunOp {
     /// `--network`: `none` or `host`; `None` takes the build's default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// `--security=insecure`: BuildKit needs an entitlement for it, which kiln never grants;
+    /// the step is lowered as written and refused when it would run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security: Option<String>,
+    /// `--device`: not supported by kiln; refused when the step would run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -56,3 +56,47 @@ pub fn assert_same_tree<T: PartialEq + std::fmt::Debug>(
     }
     assert!(diffs.is_empty(), "{what}:\n{}", diffs.join("\n"));
 }
+
+/// Fixtures BuildKit rejects when planning, with the error it gives.
+pub const REALWORLD_REJECTED: [(&str, &str); 9] = [
+    // `ARG BASE` without a value: `FROM $BASE` expands to nothing.
+    (
+        "containerd+containerd__integration__images__volume-copy-up__Dockerfile",
+        "base name ($BASE) should not be blank",
+    ),
+    (
+        "containerd+containerd__integration__images__volume-copy-up__Dockerfile_windows",
+        "base name ($BASE) should not be blank",
+    ),
+    (
+        "containerd+containerd__integration__images__volume-ownership__Dockerfile_windows",
+        "base name ($BASE) should not be blank",
+    ),
+    (
+        "containers+buildah__tests__bud__from-with-arg__Containerfile",
+        "base name (${base}) should not be blank",
+    ),
+    // `ADD --checksum <url>`: the flag takes the URL as... nothing; it has no `=value`.
+    (
+        "containers+buildah__tests__bud__add-checksum__Containerfile.bad",
+        "missing a value on flag: --checksum",
+    ),
+    (
+        "containers+buildah__tests__bud__copy-multistage-paths__Dockerfile.invalid_from",
+        "missing a value on flag: --from",
+    ),
+    // `COPY --from=$X`.
+    (
+        "containers+buildah__tests__bud__arg-scope__Containerfile.copy-from-arg",
+        "variable expansion is not supported for --from",
+    ),
+    (
+        "containers+buildah__tests__bud__arg-scope__Containerfile.stage-overrides-header-copy-from",
+        "variable expansion is not supported for --from",
+    ),
+    // buildah's SELinux `z` mount option is not BuildKit syntax.
+    (
+        "containers+buildah__tests__bud__buildkit-mount__Dockerfile",
+        "invalid field 'z' must be a key=value pair",
+    ),
+];
