@@ -4,6 +4,7 @@
 #
 #   sudo benches/vs_buildah.sh                   # 3 runs per cell, median (min–max) reported
 #   RUNS=1 CASES=multistage benches/vs_buildah.sh
+#   RUNS=1 CASES=multistage BUILDAH=0 benches/vs_buildah.sh   # kiln only (no buildah needed)
 #   KILN=/path/to/kiln benches/vs_buildah.sh     # skip `cargo build --release`
 #   KEEP=1 benches/vs_buildah.sh                 # keep the work dir (stores, logs, metadata)
 #
@@ -24,6 +25,11 @@
 #                 same build again into that store: still a cold build (kiln has no step cache
 #                 yet), but with the base snapshot already unpacked, like buildah's cold build.
 #   kiln warm     not measured: kiln has no step cache yet.
+#   --jobs 1      for the cases in $JOBS1_CASES (default: multistage, the one with independent
+#                 stages) kiln cold and kiln repeat are also timed with `kiln build --jobs 1`
+#                 (stages one after another), beside the default (`--jobs` = number of cores,
+#                 independent stages at once). A kiln without `--jobs` runs stages one after
+#                 another anyway: those cells then say n/a.
 #   buildah cold  peer.sh's definition: every container and every image except the base removed
 #                 (`rm --all`, `rmi`, `rmi --prune`, untimed), then
 #                 `buildah bud --layers -q --pull=never --isolation chroot -t localhost/bench/CASE`.
@@ -38,6 +44,7 @@
 # Both builders give RUN the host network (kiln's default; buildah's chroot isolation).
 #
 # Env: RUNS (3), CASES ("run-many-files multistage copy-tree"), BENCH_USER (kiln-test),
+#      JOBS1_CASES ("multistage"; "" for none), BUILDAH (1; 0 skips buildah),
 #      KILN (binary; default: cargo build --release, honouring CARGO_TARGET_DIR),
 #      SHARED_BENCH, WORK (default: a new dir under /var/tmp), KEEP, BUILDAH_ISOLATION (chroot),
 #      BUDGET_S (520: a case's 2nd, 3rd... round is skipped if, judging by its previous round, it
@@ -47,6 +54,8 @@ set -euo pipefail
 
 RUNS=${RUNS:-3}
 CASES=${CASES:-run-many-files multistage copy-tree}
+JOBS1_CASES=${JOBS1_CASES-multistage}
+BUILDAH=${BUILDAH:-1}
 BENCH_USER=${BENCH_USER:-kiln-test}
 BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
 BUDGET_S=${BUDGET_S:-520}
@@ -95,6 +104,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- kiln binary -------------------------------------------------------------------------------
+KILN_GIVEN=${KILN:-}
 if [ -z "${KILN:-}" ]; then
     log "cargo build --release (target dir: ${CARGO_TARGET_DIR:-$REPO/target})"
     (cd "$REPO" && cargo build --release --quiet --bin kiln) >&2
@@ -107,6 +117,9 @@ mkdir -p "$WORK/bin" "$WORK/logs" "$WORK/md" "$WORK/xdg" "$WORK/home"
 chmod 0700 "$WORK/xdg"
 cp "$KILN" "$WORK/bin/kiln"
 K=$WORK/bin/kiln
+# whether this kiln has `--jobs` (parallel stages): without it, --jobs 1 cells are n/a
+if "$K" build --help 2>/dev/null | grep -q -- '--jobs'; then KILN_JOBS=1; else KILN_JOBS=0; fi
+jobs1() { [ "$KILN_JOBS" = 1 ] && [[ " $JOBS1_CASES " == *" $1 "* ]]; }
 
 # --- cases: a scratch copy, big contexts generated there ---------------------------------------
 log "copying cases into $WORK/bench"
@@ -162,25 +175,31 @@ kiln_fresh_store() {
     rm -rf "$KSTORE"
     as_user "$K" --root "$KSTORE" import "$WORK/bb.tar" "$BASE_NAME" >/dev/null
 }
-declare -A KCOLD KREP BCOLD NOTES KDEAD BDEAD
-kiln_once() {  # kiln_once CASE I: one cold and one repeat build; appends to $KC/$KR
-    local c=$1 i=$2 ctx=$WORK/bench/cases/$1 t
+declare -A KCOLD KREP K1COLD K1REP BCOLD NOTES KDEAD K1DEAD BDEAD
+# kiln_once CASE I [j1]: one cold and one repeat build, with the default jobs (appends to $KC/$KR)
+# or, with j1, with `--jobs 1` (appends to $K1C/$K1R). Metadata: md/CASE[-j1]-cold|repeat-I.json.
+kiln_once() {
+    local c=$1 i=$2 v=${3:-} ctx=$WORK/bench/cases/$1 t tag what flags=()
+    if [ "$v" = j1 ]; then flags=(--jobs 1); tag=$c-j1; what="kiln --jobs 1"; else tag=$c; what=kiln; fi
     kiln_fresh_store
-    LOG=$WORK/logs/kiln-$c-cold-$i.log
-    t=$(timed "$K" --root "$KSTORE" build --progress plain --metadata-file "$WORK/md/$c-cold-$i.json" \
-        -t "bench/$c" "$ctx")
-    KC+=" $t"; log "kiln $c cold #$i: $t"
-    if [ "$t" = FAIL ]; then record_failure "kiln cold" "$c" "$LOG"; KDEAD[$c]=1; return; fi
-    if ! as_user "$K" --root "$KSTORE" rmi "bench/$c" >"$WORK/logs/kiln-$c-rmi-$i.log" 2>&1 ||
-        ! as_user "$K" --root "$KSTORE" prune >>"$WORK/logs/kiln-$c-rmi-$i.log" 2>&1; then
-        record_failure "kiln rmi/prune" "$c" "$WORK/logs/kiln-$c-rmi-$i.log"; KDEAD[$c]=1; return
+    LOG=$WORK/logs/kiln-$tag-cold-$i.log
+    t=$(timed "$K" --root "$KSTORE" build --progress plain "${flags[@]}" \
+        --metadata-file "$WORK/md/$tag-cold-$i.json" -t "bench/$c" "$ctx")
+    if [ "$v" = j1 ]; then K1C+=" $t"; else KC+=" $t"; fi
+    log "$what $c cold #$i: $t"
+    if [ "$t" = FAIL ]; then record_failure "$what cold" "$c" "$LOG"; kiln_dead "$c" "$v"; return; fi
+    if ! as_user "$K" --root "$KSTORE" rmi "bench/$c" >"$WORK/logs/kiln-$tag-rmi-$i.log" 2>&1 ||
+        ! as_user "$K" --root "$KSTORE" prune >>"$WORK/logs/kiln-$tag-rmi-$i.log" 2>&1; then
+        record_failure "$what rmi/prune" "$c" "$WORK/logs/kiln-$tag-rmi-$i.log"; kiln_dead "$c" "$v"; return
     fi
-    LOG=$WORK/logs/kiln-$c-repeat-$i.log
-    t=$(timed "$K" --root "$KSTORE" build --progress plain --metadata-file "$WORK/md/$c-repeat-$i.json" \
-        -t "bench/$c" "$ctx")
-    KR+=" $t"; log "kiln $c repeat #$i: $t"
-    if [ "$t" = FAIL ]; then record_failure "kiln repeat" "$c" "$LOG"; KDEAD[$c]=1; fi
+    LOG=$WORK/logs/kiln-$tag-repeat-$i.log
+    t=$(timed "$K" --root "$KSTORE" build --progress plain "${flags[@]}" \
+        --metadata-file "$WORK/md/$tag-repeat-$i.json" -t "bench/$c" "$ctx")
+    if [ "$v" = j1 ]; then K1R+=" $t"; else KR+=" $t"; fi
+    log "$what $c repeat #$i: $t"
+    if [ "$t" = FAIL ]; then record_failure "$what repeat" "$c" "$LOG"; kiln_dead "$c" "$v"; fi
 }
+kiln_dead() { if [ "${2:-}" = j1 ]; then K1DEAD[$1]=1; else KDEAD[$1]=1; fi; }
 kiln_note() {  # the slowest step of the first cold run, for the notes column
     local c=$1 md=$WORK/md/$1-cold-1.json
     [ -f "$md" ] || return 0
@@ -193,6 +212,7 @@ BUILDAH_OK=0
 BUILDAH_SKIP=""
 B() { as_user buildah "${BSF[@]}" "$@"; }
 buildah_setup() {
+    [ "$BUILDAH" = 0 ] && { BUILDAH_SKIP="BUILDAH=0"; return; }
     command -v buildah >/dev/null || { BUILDAH_SKIP="buildah is not installed"; return; }
     BUILDAH_VERSION=$(buildah --version | awk '{print $3}')
     local err ctr
@@ -257,15 +277,17 @@ log "buildah: base import and a RUN probe"
 buildah_setup
 [ -n "$BUILDAH_SKIP" ] && log "SKIP buildah: $BUILDAH_SKIP"
 elapsed() { awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }'; }
-# Runs are interleaved (kiln cold, kiln repeat, buildah cold; then again) so that drift in this
+# Runs are interleaved (kiln cold, kiln repeat, [kiln --jobs 1 cold and repeat,] buildah cold; then again) so that drift in this
 # VM's I/O speed hits both builders alike. A round beyond a case's first is started only if,
 # judging by the case's previous round, it ends within $BUDGET_S seconds of benchmarking; the
 # report says which cases got fewer rounds.
 TRUNCATED=""
 for c in $CASES; do
-    if [ "$BUILDAH_OK" = 1 ]; then what="kiln cold, kiln repeat, buildah cold"; else what="kiln cold, kiln repeat; buildah skipped"; fi
+    what="kiln cold, kiln repeat"
+    jobs1 "$c" && what+=", kiln --jobs 1 cold, kiln --jobs 1 repeat"
+    if [ "$BUILDAH_OK" = 1 ]; then what+=", buildah cold"; else what+="; buildah skipped"; fi
     log "== $c: $RUNS x ($what)"
-    KC="" KR="" BC=""
+    KC="" KR="" K1C="" K1R="" BC=""
     round=0
     for ((i = 1; i <= RUNS; i++)); do
         if [ "$i" -gt 1 ] && [ $(($(elapsed) + round)) -gt "$BUDGET_S" ]; then
@@ -273,10 +295,18 @@ for c in $CASES; do
         fi
         r0=$(elapsed)
         [ -n "${KDEAD[$c]:-}" ] || kiln_once "$c" "$i"
+        if jobs1 "$c" && [ -z "${K1DEAD[$c]:-}" ]; then kiln_once "$c" "$i" j1; fi
         if [ "$BUILDAH_OK" = 1 ] && [ -z "${BDEAD[$c]:-}" ]; then buildah_once "$c" "$i"; fi
         round=$(($(elapsed) - r0))
     done
     KCOLD[$c]=$(summ "$KC"); KREP[$c]=$(summ "$KR")
+    if jobs1 "$c"; then
+        K1COLD[$c]=$(summ "$K1C"); K1REP[$c]=$(summ "$K1R")
+    elif [[ " $JOBS1_CASES " == *" $c "* ]]; then
+        K1COLD[$c]="n/a (no --jobs)"; K1REP[$c]="n/a (no --jobs)"
+    else
+        K1COLD[$c]="–"; K1REP[$c]="–"
+    fi
     if [ "$BUILDAH_OK" = 1 ]; then BCOLD[$c]=$(summ "$BC"); else BCOLD[$c]=SKIP; fi
     kiln_note "$c"
 done
@@ -287,20 +317,25 @@ PEER_DIGEST=$(sed -n 's/.*digest `\([0-9a-f]*\)`.*/\1/p' "$SHARED_BENCH/RESULTS-
 echo "## kiln vs rootless buildah, cold builds"
 echo
 echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ); host: $(uname -r), $(nproc) cpus, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(. /etc/os-release 2>/dev/null; echo "${PRETTY_NAME:-?}")"
-echo "- kiln $("$K" --version 2>/dev/null | awk '{print $2}') (release build); buildah ${BUILDAH_VERSION:-not installed}, overlay, --isolation $BUILDAH_ISOLATION; user $BENCH_USER; runs per cell: $RUNS, interleaved (kiln cold, kiln repeat, buildah cold, then again): **median (min–max)**, seconds, wall clock"
+echo "- kiln $("$K" --version 2>/dev/null | awk '{print $2}') ($([ -n "${KILN_GIVEN:-}" ] && echo "binary $KILN_GIVEN" || echo "release build")); buildah ${BUILDAH_VERSION:-not installed}, overlay, --isolation $BUILDAH_ISOLATION; user $BENCH_USER; runs per cell: $RUNS, interleaved (kiln cold, kiln repeat, [kiln --jobs 1 cold, kiln --jobs 1 repeat,] buildah cold, then again): **median (min–max)**, seconds, wall clock"
 echo "- cases: copies of $SHARED_BENCH/cases${DIGEST:+ (make-cases.sh digest: $DIGEST; RESULTS-peer.md: $PEER_DIGEST)}; debian-app skipped (needs the mmdebstrap Debian bases, i.e. network)"
 echo "- kiln cold = fresh store + imported base (base unpack included); kiln repeat = same store after \`kiln rmi\` + \`kiln prune\` (base snapshot present, still no step cache); buildah cold = peer.sh's cold (build cache emptied, base in the store), \`--pull=never\`"
 echo "- kiln warm: n/a (no step cache yet)"
+if [ "$KILN_JOBS" = 1 ]; then
+    echo "- kiln columns without --jobs: the default jobs (the number of cores: $(nproc)), independent stages at once; --jobs 1 columns (cases:${JOBS1_CASES:+ $JOBS1_CASES}): stages one after another; buildah's own --jobs default is 1"
+else
+    echo "- this kiln has no \`--jobs\` (stages run one after another): --jobs 1 cells are n/a"
+fi
 [ -n "${DEFAULT_ISO_NOTE:-}" ] && echo "- $DEFAULT_ISO_NOTE"
 [ -n "$BUILDAH_SKIP" ] && echo "- SKIP buildah: $BUILDAH_SKIP"
 [ -n "$TRUNCATED" ] && echo "- time budget (BUDGET_S=$BUDGET_S s of benchmarking): fewer than $RUNS runs for:$TRUNCATED (the min–max bracket is missing where only 1 run was made)"
 echo
-echo "| case | kiln cold s | kiln repeat s | buildah cold s (this run) | buildah cold s (RESULTS-peer.md) | notes |"
-echo "| --- | --- | --- | --- | --- | --- |"
+echo "| case | kiln cold s | kiln repeat s | kiln --jobs 1 cold s | kiln --jobs 1 repeat s | buildah cold s (this run) | buildah cold s (RESULTS-peer.md) | notes |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for c in $CASES; do
-    echo "| $c | ${KCOLD[$c]} | ${KREP[$c]} | ${BCOLD[$c]} | $(peer_cold "$c") | ${NOTES[$c]:-}kiln warm: n/a (no step cache yet) |"
+    echo "| $c | ${KCOLD[$c]} | ${KREP[$c]} | ${K1COLD[$c]} | ${K1REP[$c]} | ${BCOLD[$c]} | $(peer_cold "$c") | ${NOTES[$c]:-}kiln warm: n/a (no step cache yet) |"
 done
-echo "| debian-app | SKIP | SKIP | SKIP | $(peer_cold debian-app) | needs the Debian base images (mmdebstrap + network) |"
+echo "| debian-app | SKIP | SKIP | SKIP | SKIP | SKIP | $(peer_cold debian-app) | needs the Debian base images (mmdebstrap + network) |"
 
 case " $CASES " in
 *" run-many-files "*)
