@@ -93,7 +93,7 @@ fn secret_cache_and_rw_bind_through_the_sandbox() {
                 workdir: "/",
                 single_id: false,
             };
-            let pm = prepare(&mounts, &cx, &mut |n: &str| Err(format!("no {n}"))).unwrap();
+            let pm = prepare(&mounts, &cx, &Default::default()).unwrap();
             let mut spec = sh_spec(
                 RootfsSpec::Overlay {
                     lowerdirs: vec![l.lower.clone()],

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! parse_secret_flag("id=ID,src=FILE" | "id=ID,env=VAR" | …) -> (id, SecretSource)
-//! prepare(&[Mount], &MountContext, from_root) -> PreparedMounts { mounts, env, skip, (guards) }
+//! prepare(&[Mount], &MountContext, from_roots) -> PreparedMounts { mounts, env, skip, (guards) }
 //! ```
 //!
 //! * [`parse_secret_flag`] reads one `kiln build --secret` value the way `docker buildx build
@@ -30,7 +30,7 @@
 //! the root, and a source whose `..` climbs above the root is an error (BuildKit clamps it).
 //!
 //! * `bind` (default): `source` (default the root) inside `from=` (a stage or image, through
-//!   `from_root`) or the build context. The context is seen as BuildKit receives it: paths
+//!   `from_roots`) or the build context. The context is seen as BuildKit receives it: paths
 //!   `.dockerignore` excludes are absent (a filtered tree of hard links — copies across file
 //!   systems — is built under `scratch` when anything under the source is excluded; otherwise
 //!   the directory is bound as it is). Read-only unless `rw`; with `rw`, writes are discarded: a
@@ -115,9 +115,9 @@ pub enum MountError {
     /// `source=` exists in the context directory but `.dockerignore` leaves it out.
     #[error("mount source {path:?} is excluded from the build context by .dockerignore")]
     SourceExcluded { path: String },
-    /// `from=` names nothing usable (the message comes from the caller's `from_root`).
-    #[error("from={name}: {message}")]
-    From { name: String, message: String },
+    /// `from=` names no stage or image the caller resolved.
+    #[error("from={name}: not a stage or image of this build")]
+    From { name: String },
     /// A `required` secret that was not passed.
     #[error(
         "secret {id}: not provided (pass --secret id={id},src=FILE or --secret id={id},env=VAR)"
@@ -346,13 +346,13 @@ pub fn parse_size(s: &str) -> Result<u64, MountError> {
     Ok((size * mul) as u64)
 }
 
-/// Prepares the mounts of one RUN (see the module docs). `from_root(name)` returns the root
-/// directory of the stage or image a `from=` names (a view the caller keeps mounted while the
-/// RUN runs), or a message saying why there is none.
+/// Prepares the mounts of one RUN (see the module docs). `from_roots` maps each `from=` name
+/// to the root directory of the stage or image it names (a view the caller keeps mounted while
+/// the RUN runs).
 pub fn prepare(
     mounts: &[Mount],
     cx: &MountContext<'_>,
-    from_root: &mut dyn FnMut(&str) -> Result<PathBuf, String>,
+    from_roots: &BTreeMap<String, PathBuf>,
 ) -> Result<PreparedMounts, MountError> {
     let mut p = Preparer {
         cx,
@@ -385,8 +385,8 @@ pub fn prepare(
         let m = &mounts[i];
         p.current = i;
         match m.kind.as_str() {
-            "bind" => p.bind(i, m, from_root)?,
-            "cache" => p.cache(i, m, from_root)?,
+            "bind" => p.bind(i, m, from_roots)?,
+            "cache" => p.cache(i, m, from_roots)?,
             "tmpfs" => p.tmpfs(m)?,
             "secret" => p.secret(i, m)?,
             other => {
@@ -502,15 +502,14 @@ impl Preparer<'_, '_> {
         &self,
         name: &str,
         source: &str,
-        from_root: &mut dyn FnMut(&str) -> Result<PathBuf, String>,
+        from_roots: &BTreeMap<String, PathBuf>,
     ) -> Result<(PathBuf, fs::Metadata), MountError> {
         let place = format!("stage or image {name:?}");
         let rel = source_rel(source, &place)?;
-        let root = from_root(name).map_err(|message| MountError::From {
+        let root = from_roots.get(name).ok_or_else(|| MountError::From {
             name: name.to_string(),
-            message,
         })?;
-        let path = resolve_in_root(&root, Path::new(&rel), true)
+        let path = resolve_in_root(root, Path::new(&rel), true)
             .map_err(io_err(format!("resolve {source:?} in {place}")))?;
         match fs::metadata(&path) {
             Ok(md) => Ok((path, md)),
@@ -533,13 +532,13 @@ impl Preparer<'_, '_> {
         &mut self,
         i: usize,
         m: &Mount,
-        from_root: &mut dyn FnMut(&str) -> Result<PathBuf, String>,
+        from_roots: &BTreeMap<String, PathBuf>,
     ) -> Result<(), MountError> {
         let target = resolve_target(m.target.as_deref(), self.cx.workdir)?;
         let source = m.source.as_deref().unwrap_or("");
         let (path, is_dir) = match &m.from {
             Some(name) => {
-                let (p, md) = self.source_in_from(name, source, from_root)?;
+                let (p, md) = self.source_in_from(name, source, from_roots)?;
                 (p, md.is_dir())
             }
             None => self.context_source(i, source)?,
@@ -701,7 +700,7 @@ impl Preparer<'_, '_> {
         &mut self,
         i: usize,
         m: &Mount,
-        from_root: &mut dyn FnMut(&str) -> Result<PathBuf, String>,
+        from_roots: &BTreeMap<String, PathBuf>,
     ) -> Result<(), MountError> {
         let target = resolve_target(m.target.as_deref(), self.cx.workdir)?;
         let id = cache_id(m);
@@ -712,7 +711,7 @@ impl Preparer<'_, '_> {
         let source = m.source.as_deref().unwrap_or("");
         let (seed, sub) = match &m.from {
             Some(name) => {
-                let (p, md) = self.source_in_from(name, source, from_root)?;
+                let (p, md) = self.source_in_from(name, source, from_roots)?;
                 if !md.is_dir() {
                     return Err(MountError::Unsupported(format!(
                         "cache mount source {:?} in {name:?} is not a directory",
@@ -1104,10 +1103,6 @@ mod tests {
         crate::dockerfile::instructions::parse_mount(spec).unwrap()
     }
 
-    fn no_from(name: &str) -> Result<PathBuf, String> {
-        Err(format!("no stage or image named {name}"))
-    }
-
     fn bind_src(pm: &PreparedMounts, n: usize) -> (PathBuf, String, bool) {
         match &pm.mounts[n] {
             ExtraMount::Bind { src, dst, readonly } => (src.clone(), dst.clone(), *readonly),
@@ -1222,7 +1217,7 @@ mod tests {
     fn ssh_is_refused_and_tmpfs_maps() {
         let fx = Fixture::new(&[]);
         let cx = fx.cx("s", "/w");
-        let e = prepare(&[mount("type=ssh")], &cx, &mut no_from).unwrap_err();
+        let e = prepare(&[mount("type=ssh")], &cx, &BTreeMap::new()).unwrap_err();
         assert_eq!(
             e.to_string(),
             "RUN --mount=type=ssh is not supported by kiln (no SSH agent forwarding)"
@@ -1233,7 +1228,7 @@ mod tests {
                 mount("type=tmpfs,target=/u"),
             ],
             &cx,
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap();
         assert_eq!(
@@ -1253,7 +1248,7 @@ mod tests {
         let e = prepare(
             &[mount("type=tmpfs,target=/t,size=lots")],
             &cx,
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap_err();
         assert_eq!(e.to_string(), "invalid value for size: lots");
@@ -1268,7 +1263,7 @@ mod tests {
         let fx = Fixture::new(&[]);
         let cx = fx.cx("s", "/w");
         let m = mount("type=cache,target=/var/cache/x,uid=1234,gid=567,mode=0750");
-        let pm = prepare(std::slice::from_ref(&m), &cx, &mut no_from).unwrap();
+        let pm = prepare(std::slice::from_ref(&m), &cx, &BTreeMap::new()).unwrap();
         let (src, dst, ro) = bind_src(&pm, 0);
         assert_eq!((dst.as_str(), ro), ("/var/cache/x", false));
         let md = fs::metadata(&src).unwrap();
@@ -1285,7 +1280,7 @@ mod tests {
         fs::write(src.join("kept"), "1").unwrap();
         drop(pm);
         // Same cache next time, its contents kept.
-        let pm = prepare(std::slice::from_ref(&m), &cx, &mut no_from).unwrap();
+        let pm = prepare(std::slice::from_ref(&m), &cx, &BTreeMap::new()).unwrap();
         assert_eq!(bind_src(&pm, 0).0, src);
         assert!(src.join("kept").exists());
         // Defaults: 0755 root; the id defaults to the target as written; another id is another
@@ -1296,7 +1291,7 @@ mod tests {
                 mount("type=cache,target=/o,id=other,ro"),
             ],
             &cx,
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap();
         let (a, adst, _) = bind_src(&pm2, 0);
@@ -1322,7 +1317,7 @@ mod tests {
         let pm = prepare(
             &[mount("type=cache,target=/c,id=sub,source=a/b")],
             &cx,
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap();
         let (src, _, _) = bind_src(&pm, 0);
@@ -1334,7 +1329,7 @@ mod tests {
         let e = prepare(
             &[mount("type=cache,target=/c,source=../x")],
             &cx,
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap_err();
         assert_eq!(
@@ -1346,18 +1341,12 @@ mod tests {
         fs::create_dir_all(stage.join("seed/d")).unwrap();
         fs::write(stage.join("seed/d/f"), "seeded").unwrap();
         std::os::unix::fs::symlink("/seed", stage.join("link")).unwrap();
-        let mut from = |name: &str| {
-            if name == "build" {
-                Ok(stage.clone())
-            } else {
-                Err(format!("no stage {name}"))
-            }
-        };
+        let from = BTreeMap::from([("build".to_string(), stage.clone())]);
         // Through a symlink inside the stage's root.
         let pm = prepare(
             &[mount("type=cache,target=/c,from=build,source=/link")],
             &cx,
-            &mut from,
+            &from,
         )
         .unwrap();
         let (src, _, _) = bind_src(&pm, 0);
@@ -1369,19 +1358,22 @@ mod tests {
         let pm = prepare(
             &[mount("type=cache,target=/c,from=build,source=/link")],
             &cx,
-            &mut from,
+            &from,
         )
         .unwrap();
         assert_eq!(
             fs::read_to_string(bind_src(&pm, 0).0.join("d/f")).unwrap(),
             "changed"
         );
-        let e = prepare(&[mount("type=cache,target=/c,from=nope")], &cx, &mut from).unwrap_err();
-        assert_eq!(e.to_string(), "from=nope: no stage nope");
+        let e = prepare(&[mount("type=cache,target=/c,from=nope")], &cx, &from).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "from=nope: not a stage or image of this build"
+        );
         let e = prepare(
             &[mount("type=cache,target=/c,from=build,source=missing")],
             &cx,
-            &mut from,
+            &from,
         )
         .unwrap_err();
         assert_eq!(
@@ -1394,15 +1386,24 @@ mod tests {
     fn locked_cache_waits_for_the_holder() {
         let fx = Arc::new(Fixture::new(&[]));
         let m = mount("type=cache,target=/c,sharing=locked");
-        let first = prepare(std::slice::from_ref(&m), &fx.cx("s1", "/"), &mut no_from).unwrap();
+        let first = prepare(
+            std::slice::from_ref(&m),
+            &fx.cx("s1", "/"),
+            &BTreeMap::new(),
+        )
+        .unwrap();
         let done = Arc::new(AtomicBool::new(false));
         let second_src = Arc::new(Mutex::new(None));
         let t = {
             let (fx, done, second_src, m) =
                 (fx.clone(), done.clone(), second_src.clone(), m.clone());
             std::thread::spawn(move || {
-                let pm =
-                    prepare(std::slice::from_ref(&m), &fx.cx("s2", "/"), &mut no_from).unwrap();
+                let pm = prepare(
+                    std::slice::from_ref(&m),
+                    &fx.cx("s2", "/"),
+                    &BTreeMap::new(),
+                )
+                .unwrap();
                 done.store(true, Ordering::SeqCst);
                 *second_src.lock().unwrap() = Some(bind_src(&pm, 0).0);
             })
@@ -1423,8 +1424,18 @@ mod tests {
     fn shared_users_share_and_locked_in_one_run_does_not_deadlock() {
         let fx = Fixture::new(&[]);
         let m = mount("type=cache,target=/c,id=x");
-        let a = prepare(std::slice::from_ref(&m), &fx.cx("s1", "/"), &mut no_from).unwrap();
-        let b = prepare(std::slice::from_ref(&m), &fx.cx("s2", "/"), &mut no_from).unwrap();
+        let a = prepare(
+            std::slice::from_ref(&m),
+            &fx.cx("s1", "/"),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let b = prepare(
+            std::slice::from_ref(&m),
+            &fx.cx("s2", "/"),
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert_eq!(bind_src(&a, 0).0, bind_src(&b, 0).0);
         drop((a, b));
         let pm = prepare(
@@ -1433,7 +1444,7 @@ mod tests {
                 mount("type=cache,target=/d,id=y,sharing=locked"),
             ],
             &fx.cx("s3", "/"),
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap();
         assert_eq!(bind_src(&pm, 0).0, bind_src(&pm, 1).0);
@@ -1448,7 +1459,7 @@ mod tests {
         let c2 = prepare(
             &[mount("type=cache,target=/x,id=c2,sharing=locked")],
             &fx.cx("s0", "/"),
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap();
         let t = {
@@ -1460,7 +1471,7 @@ mod tests {
                         mount("type=cache,target=/a,id=c1,sharing=locked"),
                     ],
                     &fx.cx("s1", "/"),
-                    &mut no_from,
+                    &BTreeMap::new(),
                 )
                 .unwrap();
                 // The Dockerfile's order is kept in the result.
@@ -1471,7 +1482,7 @@ mod tests {
         let probe = prepare(
             &[mount("type=cache,target=/p,id=c1,sharing=private")],
             &fx.cx("s2", "/"),
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap();
         assert!(
@@ -1490,7 +1501,7 @@ mod tests {
         let a = prepare(
             std::slice::from_ref(&private),
             &fx.cx("s1", "/"),
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap();
         let shared_dir = bind_src(&a, 0).0;
@@ -1499,7 +1510,7 @@ mod tests {
         let b = prepare(
             std::slice::from_ref(&private),
             &fx.cx("s2", "/"),
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap();
         let fresh = bind_src(&b, 0).0;
@@ -1510,13 +1521,13 @@ mod tests {
         let s = prepare(
             &[mount("type=cache,target=/c,id=p")],
             &fx.cx("s3", "/"),
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap();
         let c = prepare(
             std::slice::from_ref(&private),
             &fx.cx("s4", "/"),
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap();
         assert!(bind_src(&c, 0).0.starts_with(fx.p("s4")));
@@ -1524,7 +1535,7 @@ mod tests {
         let d = prepare(
             std::slice::from_ref(&private),
             &fx.cx("s5", "/"),
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap();
         assert_eq!(bind_src(&d, 0).0, shared_dir);
@@ -1571,7 +1582,7 @@ mod tests {
                 mount("type=bind,source=alink,target=/a.go"),
             ],
             &cx,
-            &mut no_from,
+            &BTreeMap::new(),
         )
         .unwrap();
         let (root, dst, ro) = bind_src(&pm, 0);
@@ -1635,7 +1646,7 @@ mod tests {
                 "mount source \"../etc\" points outside the build context",
             ),
         ] {
-            let e = prepare(&[mount(spec)], &cx, &mut no_from).unwrap_err();
+            let e = prepare(&[mount(spec)], &cx, &BTreeMap::new()).unwrap_err();
             assert_eq!(e.to_string(), msg, "{spec}");
         }
     }
@@ -1647,11 +1658,11 @@ mod tests {
         fs::create_dir_all(stage.join("usr/lib")).unwrap();
         fs::write(stage.join("usr/lib/x.so"), "so").unwrap();
         std::os::unix::fs::symlink("usr/lib", stage.join("lib")).unwrap();
-        let mut from = |_: &str| Ok(stage.clone());
+        let from = BTreeMap::from([("base".to_string(), stage.clone())]);
         let pm = prepare(
             &[mount("type=bind,from=base,source=/lib/x.so,target=/x.so")],
             &fx.cx("s", "/"),
-            &mut from,
+            &from,
         )
         .unwrap();
         assert_eq!(
@@ -1664,7 +1675,7 @@ mod tests {
                 "type=bind,from=base,source=/lib/x.so,target=/x.so,rw",
             )],
             &fx.cx("s2", "/"),
-            &mut from,
+            &from,
         )
         .unwrap();
         let (src, _, ro) = bind_src(&pm, 0);
@@ -1677,7 +1688,7 @@ mod tests {
         let e = prepare(
             &[mount("type=bind,from=base,source=/nope,target=/x")],
             &fx.cx("s3", "/"),
-            &mut from,
+            &from,
         )
         .unwrap_err();
         assert_eq!(
@@ -1700,7 +1711,7 @@ mod tests {
             let pm = prepare(
                 &[mount("type=bind,source=src,target=/src,rw")],
                 &cx,
-                &mut no_from,
+                &BTreeMap::new(),
             )
             .unwrap();
             let (merged, _, ro) = bind_src(&pm, 0);
@@ -1717,7 +1728,7 @@ mod tests {
             let pm2 = prepare(
                 &[mount("type=bind,target=/ctx,rw")],
                 &fx.cx("s2", "/"),
-                &mut no_from,
+                &BTreeMap::new(),
             )
             .unwrap();
             let (m2, _, _) = bind_src(&pm2, 0);
@@ -1756,7 +1767,7 @@ mod tests {
                     mount("type=secret,id=fromenv"),
                 ],
                 &cx,
-                &mut no_from,
+                &BTreeMap::new(),
             )
             .unwrap();
             let dbg = format!("{pm:?}");
@@ -1798,7 +1809,7 @@ mod tests {
             let e = prepare(
                 &[mount("type=secret,id=absent,required")],
                 &cx,
-                &mut no_from,
+                &BTreeMap::new(),
             )
             .unwrap_err();
             assert_eq!(

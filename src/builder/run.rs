@@ -101,13 +101,7 @@ impl Shared<'_> {
             workdir: &r.workdir,
             single_id: self.opts.single_id,
         };
-        let mut from_root = |name: &str| -> Result<PathBuf, String> {
-            from_roots
-                .get(name)
-                .cloned()
-                .ok_or_else(|| format!("{name}: not a stage or image of this build"))
-        };
-        let mut prepared = mounts::prepare(&r.mounts, &mount_cx, &mut from_root)?;
+        let mut prepared = mounts::prepare(&r.mounts, &mount_cx, &from_roots)?;
 
         let mut env = r.env.clone();
         if !env.iter().any(|(k, _)| k == "HOME") {
