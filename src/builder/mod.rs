@@ -1,7 +1,7 @@
 //! The scheduler: walks the plan's stages in build order, dispatches each instruction against
 //! the stage's state, writes layers and configs into the store, and reports progress.
 //!
-//! Each stage's filesystem is a [`stagefs::StageFs`]: on the overlay snapshotter, the stack of
+//! Each stage's filesystem is a [`crate::snapshot::View`]: on the overlay snapshotter, the stack of
 //! its layers' snapshots (each layer unpacked once into the store, shared by every build) seen
 //! through a read-only overlay view; on the copy fallback, a materialised directory. COPY/ADD
 //! compute their layer entries against that filesystem (destination symlinks, existing owners,
@@ -12,7 +12,6 @@ pub mod container;
 pub mod copy;
 pub mod mounts;
 pub mod run;
-pub mod stagefs;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -35,8 +34,8 @@ use crate::layer::{Compression, LayerEntry, WriteOptions};
 use crate::plan::{self, Base, Graph, PlanOptions, Scope};
 use crate::progress::{Event, Progress};
 
+use crate::snapshot::{Snapshotter, View};
 use copy::{CopyRequest, CopySource};
-use stagefs::{Filesystems, StageFs};
 
 /// The PATH an image gets when its base has none (BuildKit's default for Linux).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -128,7 +127,7 @@ pub enum BuildError {
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
-    Filesystem(#[from] stagefs::StageFsError),
+    Filesystem(#[from] crate::snapshot::SnapshotError),
     /// `kiln run` could not run the image.
     #[error("{0}")]
     Run(String),
@@ -185,7 +184,7 @@ struct CopyFlags<'i> {
 
 /// The state of one stage while it builds.
 struct StageState {
-    fs: StageFs,
+    fs: View,
     config: ImageConfig,
     layers: Vec<Descriptor>,
     scope: Scope,
@@ -222,9 +221,9 @@ pub fn build(
     .map_err(|e| dockerfile_error(&file, &opts.dockerfile, e.line, e.message))?;
 
     let filter = context_filter(opts)?;
-    let fss = Filesystems::new(store, opts.single_id)?;
+    let fss = Snapshotter::new(store, opts.single_id)?;
     progress.event(&Event::Notice {
-        message: format!("snapshotter: {}", fss.snapshotter),
+        message: format!("snapshotter: {}", fss.kind()),
     });
     let mut b = Builder {
         store,
@@ -341,7 +340,7 @@ struct StepExtra {
 
 struct Builder<'a> {
     store: &'a Store,
-    fss: Filesystems<'a>,
+    fss: Snapshotter<'a>,
     opts: &'a BuildOptions,
     df: &'a Dockerfile,
     graph: &'a Graph,
@@ -353,7 +352,7 @@ struct Builder<'a> {
     /// Finished stages (kept for `FROM <stage>` and `COPY --from`).
     stages: BTreeMap<usize, StageState>,
     /// Filesystems of images read by `COPY --from=<image>` and `RUN --mount=from=<image>`.
-    images: BTreeMap<String, StageFs>,
+    images: BTreeMap<String, View>,
     steps: Vec<StepRecord>,
     warned_layers: std::collections::BTreeSet<String>,
     step_extra: StepExtra,
@@ -446,7 +445,7 @@ impl Builder<'_> {
                 diff_ids.len()
             ))));
         }
-        let fs = self.fss.stage(&layers, &diff_ids)?;
+        let fs = self.fss.view(&layers, &diff_ids)?;
         self.report_fs_warnings();
         let env: Vec<(String, String)> = config
             .config
@@ -850,7 +849,7 @@ impl Builder<'_> {
         };
         let keyword = if flags.add { "ADD" } else { "COPY" };
         let shown = format!("{keyword} {} {dest}", show_sources(&sources, &contents));
-        let entries = copy::copy_entries(&req, state.fs.root())
+        let entries = copy::copy_entries(&req, self.fss.root(&state.fs)?)
             .map_err(|e| self.step_error(inst, e.to_string()))?;
         let desc = self.commit_layer(state, entries, format!("{shown} # buildkit"))?;
         Ok(Some(desc))
@@ -912,7 +911,7 @@ impl Builder<'_> {
         };
         if let Some(i) = by_stage {
             return match self.stages.get(&i) {
-                Some(s) => Ok(s.fs.root().to_path_buf()),
+                Some(s) => Ok(self.fss.root(&s.fs)?.to_path_buf()),
                 None => Err(self.step_error(
                     inst,
                     format!("stage {from:?} must be built before it is copied from"),
@@ -920,14 +919,14 @@ impl Builder<'_> {
             };
         }
         if let Some(fs) = self.images.get(from) {
-            return Ok(fs.root().to_path_buf());
+            return Ok(self.fss.root(fs)?.to_path_buf());
         }
         let img = self
             .resolve_image(from)
             .map_err(|m| self.step_error(inst, m))?;
-        let fs = self.fss.stage(img.layers(), &img.config.rootfs.diff_ids)?;
+        let fs = self.fss.view(img.layers(), &img.config.rootfs.diff_ids)?;
+        let path = self.fss.root(&fs)?.to_path_buf();
         self.report_fs_warnings();
-        let path = fs.root().to_path_buf();
         self.images.insert(from.to_string(), fs);
         Ok(path)
     }
@@ -940,8 +939,7 @@ impl Builder<'_> {
         created_by: String,
     ) -> Result<Descriptor, BuildError> {
         let (written, desc) = self.store.put_layer(entries, &self.write_options())?;
-        self.fss
-            .push_layer(&mut state.fs, &desc, &written.diff_id)?;
+        self.fss.push(&mut state.fs, &desc, &written.diff_id)?;
         self.report_fs_warnings();
         self.record_layer(state, written.diff_id, &desc, created_by);
         Ok(desc)
@@ -993,8 +991,9 @@ impl Builder<'_> {
         inst: &Instruction,
         dir: &str,
     ) -> Result<Option<Descriptor>, BuildError> {
-        let resolved = crate::layer::resolve_in_root(state.fs.root(), Path::new(dir), true)
-            .map_err(|e| self.step_error(inst, e.to_string()))?;
+        let resolved =
+            crate::layer::resolve_in_root(self.fss.root(&state.fs)?, Path::new(dir), true)
+                .map_err(|e| self.step_error(inst, e.to_string()))?;
         if resolved.is_dir() {
             return Ok(None);
         }
@@ -1023,7 +1022,7 @@ impl Builder<'_> {
             checksum: None,
             now: self.now,
         };
-        let entries = copy::copy_entries(&req, state.fs.root())
+        let entries = copy::copy_entries(&req, self.fss.root(&state.fs)?)
             .map_err(|e| self.step_error(inst, e.to_string()))?;
         let desc = self.commit_layer(state, entries, format!("WORKDIR {dir}"))?;
         Ok(Some(desc))

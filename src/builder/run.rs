@@ -82,7 +82,7 @@ impl Builder<'_> {
             .as_ref()
             .map(|c| c.user.clone())
             .unwrap_or_default();
-        let mut user: ExecUser = resolve_exec_user(&user_spec, state.fs.root())
+        let mut user: ExecUser = resolve_exec_user(&user_spec, self.fss.root(&state.fs)?)
             .map_err(|e| self.step_error(inst, e.to_string()))?;
         if self.opts.single_id {
             if user.uid != 0 || user.gid != 0 {
@@ -129,7 +129,8 @@ impl Builder<'_> {
             env.push((k.clone(), v.clone()));
         }
 
-        let root = self.fss.run_root(&state.fs)?;
+        let mut root = self.fss.prepare(&state.fs)?;
+        self.report_fs_warnings();
         let mut spec = RunSpec::new(root.rootfs.clone(), args.clone());
         spec.scratch_dir = Some(scratch.path().to_path_buf());
         spec.env = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -190,20 +191,19 @@ impl Builder<'_> {
             skip: skip_paths,
             skip_contents: Vec::new(),
         };
-        let mut changes = self.fss.changes(&state.fs, root, &report, skip)?;
-        self.step_extra.diff_seconds = Some(changes.diff_seconds);
+        let started = Instant::now();
+        let entries = self.fss.changes(&mut root, &report, skip)?;
+        self.step_extra.diff_seconds = Some(started.elapsed().as_secs_f64());
         let created_by = format!("RUN {shown} # buildkit");
-        if changes.entries.is_empty() {
-            self.fss.commit_run(&mut state.fs, changes, None)?;
+        if entries.is_empty() {
+            self.fss.remove(root)?;
             self.history(state, created_by, true);
             return Ok(None);
         }
         let started = Instant::now();
-        let entries = std::mem::take(&mut changes.entries);
         let (written, desc) = self.store.put_layer(entries, &self.write_options())?;
         self.step_extra.layer_seconds = Some(started.elapsed().as_secs_f64());
-        self.fss
-            .commit_run(&mut state.fs, changes, Some(&written.diff_id))?;
+        self.fss.commit(&mut state.fs, root, &written.diff_id)?;
         self.record_layer(state, written.diff_id, &desc, created_by);
         drop(scratch);
         Ok(Some(desc))
