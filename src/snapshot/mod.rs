@@ -202,6 +202,11 @@ impl<'a> Snapshotter<'a> {
         )?;
         let kind = choose(probe.path());
         drop(probe);
+        Self::with_kind(store, single_id, kind)
+    }
+
+    /// The store's snapshotter on the implementation `kind`, without a probe (nor a sweep).
+    pub fn with_kind(store: &'a Store, single_id: bool, kind: Kind) -> Result<Self, SnapshotError> {
         let apply = ApplyOptions {
             ownership: if single_id {
                 Ownership::BestEffort
@@ -398,5 +403,113 @@ impl View {
     /// The layers' diffIDs, base first.
     pub fn diff_ids(&self) -> &[DiffId] {
         &self.diff_ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{LayerEntry, WriteOptions};
+
+    fn layer(store: &Store, name: &str) -> (Descriptor, DiffId) {
+        let entries = vec![LayerEntry::file(name, &b"x"[..], 0o644)];
+        let (w, desc) = store.put_layer(entries, &WriteOptions::default()).unwrap();
+        (desc, w.diff_id)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|d| d.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_copy_view_applies_its_layers_when_first_read() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let snap = Snapshotter::with_kind(&store, false, Kind::Copy("test".into())).unwrap();
+        let (d1, id1) = layer(&store, "a");
+        let (d2, id2) = layer(&store, "b");
+        let mut view = snap.view(&[d1], &[id1]).unwrap();
+        assert!(
+            names(view.dir.path()).is_empty(),
+            "nothing applied before root"
+        );
+        snap.push(&mut view, &d2, &id2).unwrap();
+        assert!(names(view.dir.path()).is_empty(), "a push applies nothing");
+        assert_eq!(view.diff_ids(), [id1, id2]);
+        let root = snap.root(&view).unwrap().to_path_buf();
+        assert_eq!(names(&root), ["a", "b"]);
+        // An active snapshot is a copy of the view; removing it leaves the view as it was.
+        let active = snap.prepare(&view).unwrap();
+        let RootfsSpec::Dir(dir) = &active.rootfs else {
+            panic!("a copy snapshot runs in a directory")
+        };
+        std::fs::write(dir.join("c"), "c").unwrap();
+        snap.remove(active).unwrap();
+        assert_eq!(names(snap.root(&view).unwrap()), ["a", "b"]);
+    }
+
+    /// The mounts at `dir` in this thread's mount namespace, by mount id.
+    fn mounts_at(dir: &Path) -> Vec<String> {
+        std::fs::read_to_string("/proc/thread-self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(dir.to_str().unwrap()))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn an_overlay_view_mounts_when_first_read_and_a_push_does_not_remount() {
+        // A thread of its own: its mount namespace is private to it.
+        std::thread::spawn(|| {
+            if crate::exec::mount::private_mount_namespace().is_err() {
+                eprintln!("SKIP: no mount namespace here (not root)");
+                return;
+            }
+            let t = tempfile::tempdir().unwrap();
+            let store = Store::open(t.path()).unwrap();
+            let snap = Snapshotter::with_kind(&store, false, Kind::Overlay).unwrap();
+            let (d1, id1) = layer(&store, "a");
+            let (d2, id2) = layer(&store, "b");
+            let mut view = snap.view(&[d1], &[id1]).unwrap();
+            let dir = view.dir.path().to_path_buf();
+            assert!(
+                snap.snapshots().contains(&id1),
+                "the snapshot is unpacked at once"
+            );
+            assert!(mounts_at(&dir).is_empty(), "nothing mounted before root");
+            if snap.root(&view).is_err() {
+                eprintln!("SKIP: the kernel refuses overlay here");
+                return;
+            }
+            let first = mounts_at(&dir);
+            assert_eq!(first.len(), 1, "{first:?}");
+            assert_eq!(names(&dir), ["a"]);
+            snap.push(&mut view, &d2, &id2).unwrap();
+            assert!(
+                snap.snapshots().contains(&id2),
+                "the pushed snapshot is unpacked at once"
+            );
+            // Not remounted: the mount still shows the chain without the new layer.
+            assert_eq!(mounts_at(&dir), first, "a push does not remount");
+            assert_eq!(names(&dir), ["a"], "a push does not remount");
+            assert_eq!(names(snap.root(&view).unwrap()), ["a", "b"]);
+            assert_eq!(mounts_at(&dir).len(), 1);
+            // A RUN on the view needs no view mount of its own.
+            let mut next = snap.view(&[], &[]).unwrap();
+            snap.push(&mut next, &d2, &id2).unwrap();
+            let active = snap.prepare(&next).unwrap();
+            assert!(mounts_at(next.dir.path()).is_empty());
+            snap.remove(active).unwrap();
+            drop(view);
+            assert!(mounts_at(&dir).is_empty(), "unmounted with the view");
+        })
+        .join()
+        .unwrap();
     }
 }
