@@ -32,3 +32,4 @@ pub mod pathclean;
 pub mod plan;
 pub mod platform;
 pub mod progress;
+pub mod snapshot;

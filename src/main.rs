@@ -296,7 +296,7 @@ fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .flat_map(|img| img.config.rootfs.diff_ids.clone())
                 .collect();
-            let snapshots = kiln::layer::SnapshotStore::new(&root)?;
+            let snapshots = kiln::snapshot::SnapshotStore::new(&root)?;
             let ((removed, snap_bytes), (scratch, scratch_bytes)) =
                 store.while_exclusive(|| {
                     let pruned = snapshots.prune(&keep)?;

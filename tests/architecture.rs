@@ -24,21 +24,45 @@ const RULES: &[(&str, &[&str])] = &[
     ),
     (
         "layer",
-        &["builder", "plan", "dockerfile", "image", "context"],
+        &[
+            "builder",
+            "plan",
+            "dockerfile",
+            "image",
+            "context",
+            "snapshot",
+        ],
     ),
     (
         "exec",
-        &["builder", "plan", "dockerfile", "image", "layer", "context"],
+        &[
+            "builder",
+            "plan",
+            "dockerfile",
+            "image",
+            "layer",
+            "context",
+            "snapshot",
+        ],
     ),
     (
         "image",
-        &["builder", "plan", "dockerfile", "exec", "context"],
+        &[
+            "builder",
+            "plan",
+            "dockerfile",
+            "exec",
+            "context",
+            "snapshot",
+        ],
     ),
+    // The snapshotter stacks layers (`layer`), mounts them (`exec::mount`) and reads their blobs
+    // (`image::Store`); it knows nothing of Dockerfiles or steps.
     ("snapshot", &["builder", "plan", "dockerfile", "context"]),
     ("cache", &["builder"]),
     ("progress", &["builder"]),
     ("platform", &["builder"]),
-    ("lease", &["builder", "image", "layer"]),
+    ("lease", &["builder", "image", "layer", "snapshot"]),
     // Lexical path cleaning is a leaf: everyone may use it, it uses no one.
     (
         "pathclean",

@@ -25,8 +25,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use kiln::layer::{
     ApplyOptions, Compression, DiffId, DiffOptions, EntryKind, LayerEntry, OverlayXattrPrefix,
-    SnapshotStore, WriteOptions, apply_layer, diff_upperdir, lookup_lower, write_layer,
+    WriteOptions, apply_layer, diff_upperdir, lookup_lower, write_layer,
 };
+use kiln::snapshot::SnapshotStore;
 
 const T1: i64 = 1_600_000_000;
 const T2: i64 = 1_650_000_000;

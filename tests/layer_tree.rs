@@ -20,8 +20,9 @@ use std::process::Command;
 
 use kiln::layer::{
     ApplyOptions, DiffOptions, EntryKind, FileSource, LayerEntry, WriteOptions, apply_layer,
-    copy_tree, diff_trees, diff_upperdir, write_layer,
+    diff_trees, diff_upperdir, write_layer,
 };
+use kiln::snapshot::copy_tree;
 use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps, XattrFlags};
 
 const T1: i64 = 1_600_000_000;

@@ -7,7 +7,7 @@ use crate::image::Store;
 
 use super::BuildError;
 use super::copy::resolve_exec_user;
-use super::stagefs::Filesystems;
+use crate::snapshot::Snapshotter;
 
 /// What `kiln run` runs.
 #[derive(Debug, Clone)]
@@ -28,8 +28,8 @@ fn err(message: impl Into<String>) -> BuildError {
 /// Runs the command to its end with stdout and stderr passed through; returns how it ended.
 pub fn run_image(store: &Store, opts: &RunImageOptions) -> Result<ExitStatus, BuildError> {
     let img = store.resolve(&opts.image)?;
-    let fss = Filesystems::new(store, opts.single_id)?;
-    let fs = fss.stage(img.layers(), &img.config.rootfs.diff_ids)?;
+    let fss = Snapshotter::new(store, opts.single_id)?;
+    let fs = fss.view(img.layers(), &img.config.rootfs.diff_ids)?;
     for (_, w) in fss.take_warnings() {
         eprintln!("kiln: warning: {w}");
     }
@@ -47,7 +47,7 @@ pub fn run_image(store: &Store, opts: &RunImageOptions) -> Result<ExitStatus, Bu
             opts.image, opts.image
         )));
     }
-    let user = resolve_exec_user(&cc.user, fs.root()).map_err(|e| err(e.to_string()))?;
+    let user = resolve_exec_user(&cc.user, fss.root(&fs)?).map_err(|e| err(e.to_string()))?;
     if opts.single_id && (user.uid != 0 || user.gid != 0) {
         return Err(err(format!(
             "USER {} (uid {}) cannot run in a single-id user namespace (only root is mapped): \
@@ -63,7 +63,11 @@ pub fn run_image(store: &Store, opts: &RunImageOptions) -> Result<ExitStatus, Bu
         env.push(format!("HOME={}", user.home_or_default()));
     }
 
-    let root = fss.run_root(&fs)?;
+    let root = fss.prepare(&fs)?;
+    // The copy snapshotter applies the layers when the view is first read.
+    for (_, w) in fss.take_warnings() {
+        eprintln!("kiln: warning: {w}");
+    }
     let scratch = fss.tmpdir("run-")?;
     let mut spec = RunSpec::new(root.rootfs.clone(), args);
     spec.scratch_dir = Some(scratch.path().to_path_buf());

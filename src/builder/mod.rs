@@ -3,7 +3,7 @@
 //! independent stages run at once, and each step goes through one door — inputs known →
 //! execute → commit its result (layer, snapshot, history).
 //!
-//! Each stage's filesystem is a [`stagefs::StageFs`]: on the overlay snapshotter, the stack of
+//! Each stage's filesystem is a [`crate::snapshot::View`]: on the overlay snapshotter, the stack of
 //! its layers' snapshots (each layer unpacked once into the store, shared by every build) seen
 //! through a read-only overlay view; on the copy fallback, a materialised directory. COPY/ADD
 //! compute their layer entries against that filesystem (destination symlinks, existing owners,
@@ -17,7 +17,6 @@ pub mod lower;
 pub mod mounts;
 pub mod run;
 pub mod scheduler;
-pub mod stagefs;
 pub mod step;
 
 use std::collections::BTreeMap;
@@ -33,9 +32,9 @@ use crate::layer::Compression;
 use crate::plan::{self, Graph, PlanOptions};
 use crate::progress::{Event, Progress};
 
+use crate::snapshot::Snapshotter;
 pub use config::DEFAULT_PATH;
 use lower::{BaseConfigs, LoweredStage, Lowering};
-use stagefs::Filesystems;
 pub use step::{Location, Step, StepId};
 
 /// What to build.
@@ -127,7 +126,7 @@ pub enum BuildError {
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
-    Filesystem(#[from] stagefs::StageFsError),
+    Filesystem(#[from] crate::snapshot::SnapshotError),
     /// `kiln run` could not run the image.
     #[error("{0}")]
     Run(String),
@@ -186,7 +185,7 @@ pub enum StepError {
         tail: Vec<String>,
     },
     #[error(transparent)]
-    Filesystem(#[from] stagefs::StageFsError),
+    Filesystem(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -261,9 +260,9 @@ pub fn build(
     let bases = StoreBases::new(store);
     let lowered = Lowering::new(&df, &graph, &file, &opts.dockerfile, &bases).lower_all()?;
     let filter = context_filter(opts)?;
-    let fss = Filesystems::new(store, opts.single_id)?;
+    let fss = Snapshotter::new(store, opts.single_id)?;
     progress.event(&Event::Notice {
-        message: format!("snapshotter: {}", fss.snapshotter),
+        message: format!("snapshotter: {}", fss.kind()),
     });
     let now = opts
         .source_date_epoch

@@ -1018,10 +1018,10 @@ fn copy_file(src: &Path, dst: &Path, md: &fs::Metadata) -> io::Result<()> {
 }
 
 /// A private copy of the directory tree `src` at `dst` (which must not exist), as a RUN needs
-/// it: [`crate::layer::copy_tree_best_effort`].
+/// it: [`crate::snapshot::copy_tree_best_effort`].
 fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
     // The I/O error itself, as the callers' messages name the copy.
-    crate::layer::copy_tree_best_effort(src, dst).map_err(|e| match e {
+    crate::snapshot::copy_tree_best_effort(src, dst).map_err(|e| match e {
         crate::layer::LayerError::Entry { source, .. } => source,
         e => io::Error::other(e),
     })

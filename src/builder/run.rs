@@ -77,7 +77,7 @@ impl Shared<'_> {
             None => None,
         };
 
-        let mut user: ExecUser = resolve_exec_user(&r.user, state.fs.root())?;
+        let mut user: ExecUser = resolve_exec_user(&r.user, self.fss.root(&state.fs)?)?;
         if self.opts.single_id {
             if user.uid != 0 || user.gid != 0 {
                 return Err(StepError::Invalid(format!(
@@ -112,7 +112,8 @@ impl Shared<'_> {
             env.push((k.clone(), v.clone()));
         }
 
-        let root = self.fss.run_root(&state.fs)?;
+        let mut root = self.fss.prepare(&state.fs)?;
+        self.report_fs_warnings();
         let mut spec = RunSpec::new(root.rootfs.clone(), r.argv.clone());
         spec.scratch_dir = Some(scratch.path().to_path_buf());
         spec.env = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -169,10 +170,11 @@ impl Shared<'_> {
             skip: skip_paths,
             skip_contents: Vec::new(),
         };
-        let mut changes = self.fss.changes(&state.fs, root, &report, skip)?;
-        let diff_seconds = Some(changes.diff_seconds);
-        if changes.entries.is_empty() {
-            self.fss.commit_run(&mut state.fs, changes, None)?;
+        let started = Instant::now();
+        let entries = self.fss.changes(&mut root, &report, skip)?;
+        let diff_seconds = Some(started.elapsed().as_secs_f64());
+        if entries.is_empty() {
+            self.fss.remove(root)?;
             self.empty_history(state, &step.created_by);
             return Ok(StepResult {
                 diff_seconds,
@@ -180,11 +182,9 @@ impl Shared<'_> {
             });
         }
         let started = Instant::now();
-        let entries = std::mem::take(&mut changes.entries);
         let (written, desc) = self.store.put_layer(entries, &self.write_options())?;
         let layer_seconds = Some(started.elapsed().as_secs_f64());
-        self.fss
-            .commit_run(&mut state.fs, changes, Some(&written.diff_id))?;
+        self.fss.commit(&mut state.fs, root, &written.diff_id)?;
         self.record_layer(state, &written.diff_id, &desc, &step.created_by);
         drop(scratch);
         Ok(StepResult {

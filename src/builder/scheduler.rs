@@ -24,13 +24,13 @@ use crate::progress::{Event, Progress};
 use super::config::{StageConfig, scratch_config};
 use super::copy::{self, CopyRequest, CopySource};
 use super::lower::LoweredStage;
-use super::stagefs::{Filesystems, StageFs};
 use super::step::{CopyOp, MkdirOp, Op, Source, Step};
 use super::{BuildError, BuildOptions, StepError, StepRecord};
+use crate::snapshot::{Snapshotter, View};
 
 /// The state of one stage while it builds.
 pub(super) struct StageState {
-    pub fs: StageFs,
+    pub fs: View,
     pub config: StageConfig,
     pub layers: Vec<Descriptor>,
 }
@@ -50,7 +50,7 @@ pub(super) struct StepResult {
 /// rest is behind mutexes.
 pub(super) struct Shared<'a> {
     pub store: &'a Store,
-    pub fss: &'a Filesystems<'a>,
+    pub fss: &'a Snapshotter<'a>,
     pub opts: &'a BuildOptions,
     pub filter: &'a ContextFilter,
     pub progress: &'a dyn Progress,
@@ -61,7 +61,7 @@ pub(super) struct Shared<'a> {
     /// Finished stages (for `FROM <stage>`, `COPY --from`, mounts `from=`).
     done: Mutex<BTreeMap<usize, Arc<Mutex<StageState>>>>,
     /// Filesystems of images read by `COPY --from=<image>` and `RUN --mount=from=<image>`.
-    images: Mutex<BTreeMap<String, Arc<Mutex<StageFs>>>>,
+    images: Mutex<BTreeMap<String, Arc<View>>>,
     records: Mutex<Vec<(usize, StepRecord)>>,
     warned_layers: Mutex<BTreeSet<String>>,
 }
@@ -90,7 +90,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl<'a> Shared<'a> {
     pub fn new(
         store: &'a Store,
-        fss: &'a Filesystems<'a>,
+        fss: &'a Snapshotter<'a>,
         opts: &'a BuildOptions,
         filter: &'a ContextFilter,
         progress: &'a dyn Progress,
@@ -301,8 +301,7 @@ impl<'a> Shared<'a> {
                 diff_ids.len()
             ))));
         }
-        let fs = self.fss.stage(&layers, &diff_ids)?;
-        self.report_fs_warnings();
+        let fs = self.fss.view(&layers, &diff_ids)?;
         let (config, _triggers_already_lowered) = StageConfig::start(config);
         Ok(StageState { fs, config, layers })
     }
@@ -316,7 +315,11 @@ impl<'a> Shared<'a> {
         match source {
             Source::Scratch => Err(StepError::Source("scratch has no filesystem".into())),
             Source::Stage { index, name } => match self.finished(*index) {
-                Some(stage) => Ok(lock(&stage).fs.root().to_path_buf()),
+                Some(stage) => {
+                    let root = self.fss.root(&lock(&stage).fs)?.to_path_buf();
+                    self.report_fs_warnings();
+                    Ok(root)
+                }
                 None => {
                     let from = name.clone().unwrap_or_else(|| index.to_string());
                     Err(StepError::Source(format!(
@@ -326,14 +329,14 @@ impl<'a> Shared<'a> {
             },
             Source::Image { reference } => {
                 let mut images = lock(&self.images);
-                if let Some(fs) = images.get(reference) {
-                    return Ok(lock(fs).root().to_path_buf());
+                if let Some(view) = images.get(reference) {
+                    return Ok(self.fss.root(view)?.to_path_buf());
                 }
                 let img = super::resolve_image(self.store, reference)?;
-                let fs = self.fss.stage(img.layers(), &img.config.rootfs.diff_ids)?;
+                let view = self.fss.view(img.layers(), &img.config.rootfs.diff_ids)?;
+                let root = self.fss.root(&view)?.to_path_buf();
                 self.report_fs_warnings();
-                let root = fs.root().to_path_buf();
-                images.insert(reference.clone(), Arc::new(Mutex::new(fs)));
+                images.insert(reference.clone(), Arc::new(view));
                 Ok(root)
             }
         }
@@ -368,7 +371,8 @@ impl<'a> Shared<'a> {
             checksum: c.checksum.as_deref(),
             now: self.now,
         };
-        let entries = copy::copy_entries(&req, state.fs.root())?;
+        let entries = copy::copy_entries(&req, self.fss.root(&state.fs)?)?;
+        self.report_fs_warnings();
         self.commit_layer(state, entries, created_by)
     }
 
@@ -381,10 +385,14 @@ impl<'a> Shared<'a> {
         created_by: &str,
     ) -> Result<StepResult, StepError> {
         state.config.set_workdir(&m.path);
-        let resolved = crate::layer::resolve_in_root(state.fs.root(), Path::new(&m.path), true)
-            .map_err(|source| StepError::Io {
-                what: format!("resolving {}", m.path),
-                source,
+        let root = self.fss.root(&state.fs)?;
+        self.report_fs_warnings();
+        let resolved =
+            crate::layer::resolve_in_root(root, Path::new(&m.path), true).map_err(|source| {
+                StepError::Io {
+                    what: format!("resolving {}", m.path),
+                    source,
+                }
             })?;
         if resolved.is_dir() {
             self.empty_history(state, created_by);
@@ -409,7 +417,8 @@ impl<'a> Shared<'a> {
             checksum: None,
             now: self.now,
         };
-        let entries = copy::copy_entries(&req, state.fs.root())?;
+        let entries = copy::copy_entries(&req, self.fss.root(&state.fs)?)?;
+        self.report_fs_warnings();
         self.commit_layer(state, entries, created_by)
     }
 
@@ -423,8 +432,7 @@ impl<'a> Shared<'a> {
         let started = Instant::now();
         let (written, desc) = self.store.put_layer(entries, &self.write_options())?;
         let layer_seconds = started.elapsed().as_secs_f64();
-        self.fss
-            .push_layer(&mut state.fs, &desc, &written.diff_id)?;
+        self.fss.push(&mut state.fs, &desc, &written.diff_id)?;
         self.report_fs_warnings();
         self.record_layer(state, &written.diff_id, &desc, created_by);
         Ok(StepResult {

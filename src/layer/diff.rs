@@ -53,7 +53,7 @@ pub struct DiffOptions {
 ///   `trusted.overlay.*`/`user.overlay.*`), symlink targets, device numbers; regular files are
 ///   [`FileSource::Disk`](super::FileSource::Disk) entries read from `upper` when the layer is
 ///   written (write the layer before moving `upper`, e.g. with
-///   [`SnapshotStore::adopt`](super::SnapshotStore::adopt)); non-directories with more than one
+///   `snapshot::SnapshotStore::adopt`); non-directories with more than one
 ///   link carry a [`LayerEntry::link_key`] so the writer makes hard links;
 /// - an entry equal to the lower entry it shadows (same type, mode, owner, mtime to the
 ///   nanosecond, extended attributes, and symlink target, device number or file content) is

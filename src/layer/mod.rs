@@ -54,22 +54,22 @@
 //! The resolution is path-based: it assumes nothing else modifies the target while a layer is
 //! applied (true for snapshots, which only kiln writes).
 //!
-//! # Snapshots and the upperdir differ
+//! # The differs
 //!
-//! A RUN step runs on an overlay mount whose lower directories are *snapshots*: each layer
-//! unpacked once, by diffID, with overlay-native whiteouts ([`SnapshotStore`],
-//! [`apply_layer_with_whiteouts`] with [`WhiteoutMode::Overlay`]: `.wh.name` becomes a character
+//! A RUN step runs on an overlay mount whose lower directories are *snapshots* (`crate::snapshot`):
+//! each layer unpacked once, by diffID, with overlay-native whiteouts
+//! ([`apply_layer_with_whiteouts`] with [`WhiteoutMode::Overlay`]: `.wh.name` becomes a character
 //! device 0:0, `.wh..wh..opq` the `trusted.overlay.opaque` / `user.overlay.opaque` attribute).
 //! After the step, [`diff_upperdir`] reads the layer from the upper directory alone (whiteouts
-//! and opaque directories back to their OCI form, unchanged copy-ups left out), and
-//! [`SnapshotStore::adopt`] makes that upper directory the new layer's snapshot.
+//! and opaque directories back to their OCI form, unchanged copy-ups left out), and the
+//! snapshot store makes that upper directory the new layer's snapshot. Without overlay,
+//! [`diff_trees`] compares a copy of the stage with the original.
 
 mod apply;
 mod diff;
 mod digest;
 mod entry;
 mod overlay;
-mod snapshot;
 mod sniff;
 mod tarfmt;
 mod tree;
@@ -85,14 +85,17 @@ pub(crate) use apply::{Probe, ResolveError, resolve_with};
 pub use diff::{DiffOptions, diff_upperdir, lookup_lower};
 pub(crate) use digest::HashWriter;
 pub use digest::{DiffId, LayerDigest, ParseDigestError};
+pub(crate) use entry::normalize_layer_path;
 pub use entry::{
     EntryKind, FileSource, LayerEntry, OPAQUE_WHITEOUT, ScanOptions, WHITEOUT_PREFIX,
     compare_layer_paths, scan_dir,
 };
+#[cfg(test)]
+pub(crate) use overlay::read_xattrs_and_overlay_names;
 pub use overlay::{OverlayXattrPrefix, WhiteoutMode};
-pub use snapshot::{Ensured, ScratchDir, SnapshotStore, remove_tree_in_place, tree_bytes};
+pub(crate) use overlay::{get_xattr, list_xattrs};
 pub use sniff::{SNIFF_LEN, Sniffed, Sniffing, decompress, sniff};
-pub use tree::{copy_tree, copy_tree_best_effort, diff_trees};
+pub use tree::{diff_trees, remove_tree_in_place, tree_bytes};
 pub use write::{
     Compression, LayerWriter, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD,
     WriteOptions, WrittenLayer, compress_tar, write_layer,

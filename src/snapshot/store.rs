@@ -9,13 +9,13 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::LayerError;
-use super::apply::{ApplyOptions, ApplyReport, apply_layer_with_whiteouts};
-use super::digest::DiffId;
-use super::overlay::{OverlayXattrPrefix, WhiteoutMode};
+use crate::layer::{
+    ApplyOptions, ApplyReport, DiffId, DiffOptions, LayerError, OverlayXattrPrefix, WhiteoutMode,
+    apply_layer_with_whiteouts, normalize_layer_path, remove_tree_in_place, tree_bytes,
+};
 
 /// Unpacked layers by diffID, under `<store>/snapshots/`.
 ///
@@ -74,7 +74,7 @@ impl SnapshotStore {
     }
 
     /// Applies layers with these options (ownership: ask for
-    /// [`Ownership::BestEffort`](super::Ownership::BestEffort) in a single-id user namespace).
+    /// [`Ownership::BestEffort`](crate::layer::Ownership::BestEffort) in a single-id user namespace).
     pub fn with_apply_options(mut self, apply: ApplyOptions) -> Self {
         self.apply = apply;
         self
@@ -187,23 +187,23 @@ impl SnapshotStore {
     }
 
     /// Makes the finished upper directory `upper` of a step the snapshot of its layer `diff_id`
-    /// (the diffID of the layer [`diff_upperdir`](super::diff_upperdir) made from it, written
+    /// (the diffID of the layer [`diff_upperdir`](crate::layer::diff_upperdir) made from it, written
     /// *before* this call: its file entries are read from `upper`). `upper` is renamed, so it
     /// must be on the store's file system (see [`scratch`](Self::scratch)). When the snapshot
     /// exists already (the same layer made by another build), `upper` is deleted instead.
     ///
     /// Paths the differ was told to skip are deleted from `upper` first (`skipped`: the same
-    /// [`DiffOptions`](super::DiffOptions)), so the snapshot holds what the layer holds. (Entries
+    /// [`DiffOptions`]), so the snapshot holds what the layer holds. (Entries
     /// the differ left out as copied up without a change stay; they equal what they shadow.)
     pub fn adopt(
         &self,
         diff_id: &DiffId,
         upper: &Path,
-        skipped: &super::DiffOptions,
+        skipped: &DiffOptions,
     ) -> Result<PathBuf, LayerError> {
         let dst = self.path(diff_id);
         for p in &skipped.skip {
-            let p = super::entry::normalize_layer_path(p)?;
+            let p = normalize_layer_path(p)?;
             if p.as_os_str().is_empty() {
                 continue;
             }
@@ -212,7 +212,7 @@ impl SnapshotStore {
             }
         }
         for p in &skipped.skip_contents {
-            let p = super::entry::normalize_layer_path(p)?;
+            let p = normalize_layer_path(p)?;
             let Some(d) = under_real_dirs(upper, &p) else {
                 continue;
             };
@@ -356,29 +356,6 @@ impl SnapshotStore {
 /// Name prefixes of the directories made in the snapshot directory for steps and removals.
 const SCRATCH_PREFIX: &str = ".scratch-";
 const TRASH_PREFIX: &str = ".trash-";
-
-/// The bytes a tree takes on disk (allocated blocks, each inode once): what removing it frees.
-pub fn tree_bytes(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0;
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(md) = fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if md.nlink() > 1 && !md.is_dir() && !seen.insert((md.dev(), md.ino())) {
-            continue;
-        }
-        total += md.blocks() * 512;
-        if md.is_dir()
-            && let Ok(rd) = fs::read_dir(&p)
-        {
-            stack.extend(rd.flatten().map(|de| de.path()));
-        }
-    }
-    total
-}
 
 /// A directory from [`SnapshotStore::scratch`], removed with its contents when dropped.
 #[derive(Debug)]
@@ -547,43 +524,11 @@ fn remove_if_present(path: &Path) -> Result<(), LayerError> {
     }
 }
 
-/// Removes a directory tree, making directories writable first where that is needed (a layer
-/// can hold read-only directories, which stop an unprivileged delete).
-pub fn remove_tree_in_place(path: &Path) -> Result<(), LayerError> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) if e.kind() != io::ErrorKind::PermissionDenied => {
-            return Err(LayerError::entry(path, "removing", e));
-        }
-        Err(_) => {}
-    }
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(md) = fs::symlink_metadata(&d) else {
-            continue;
-        };
-        if !md.is_dir() {
-            continue;
-        }
-        if md.mode() & 0o700 != 0o700 {
-            let _ = fs::set_permissions(&d, fs::Permissions::from_mode(md.mode() | 0o700));
-        }
-        if let Ok(rd) = fs::read_dir(&d) {
-            for de in rd.flatten() {
-                if de.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(de.path());
-                }
-            }
-        }
-    }
-    fs::remove_dir_all(path).map_err(|e| LayerError::entry(path, "removing", e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::layer::{LayerEntry, WriteOptions, write_layer};
+    use std::os::unix::fs::MetadataExt;
 
     fn layer(entries: Vec<LayerEntry>) -> (Vec<u8>, DiffId) {
         let mut out = Vec::new();
@@ -607,7 +552,7 @@ mod tests {
         let p = store.ensure(&id, || Ok(&blob[..])).unwrap();
         assert_eq!(p, t.path().join("snapshots").join(id.hex()));
         assert_eq!(fs::read(p.join("d/f")).unwrap(), b"hello");
-        let x = crate::layer::overlay::read_xattrs_and_overlay_names(&p.join("x")).unwrap();
+        let x = crate::layer::read_xattrs_and_overlay_names(&p.join("x")).unwrap();
         if !x.0.is_empty() {
             // (a file system with user xattrs) A layer cannot plant overlayfs attributes.
             assert_eq!(x.0.keys().collect::<Vec<_>>(), ["user.keep"]);
@@ -681,7 +626,7 @@ mod tests {
         fs::write(upper.join("etc/hosts"), "stub").unwrap();
         fs::write(upper.join("etc/app.conf"), "x").unwrap();
         let id = DiffId::of(b"pretend layer");
-        let skipped = super::super::DiffOptions {
+        let skipped = DiffOptions {
             skip: vec!["/etc/hosts".into()],
             skip_contents: vec!["/proc".into()],
         };
