@@ -899,7 +899,7 @@ fn located(name: &str, line: Option<usize>, message: &str) -> anyhow::Error {
 }
 
 fn parse_file(name: &str, text: &str) -> Result<dockerfile::ParsedDockerfile> {
-    dockerfile::parse(text).map_err(|e| located(name, e.start_line, &e.message))
+    dockerfile::parse(text).map_err(|e| located(name, e.start_line, &e.to_string()))
 }
 
 fn debug_parse(path: &Path, format: ParseFormat) -> Result<()> {
@@ -917,13 +917,13 @@ fn debug_parse(path: &Path, format: ParseFormat) -> Result<()> {
 
 fn debug_plan(args: PlanArgs) -> Result<()> {
     let (text, name) = read_dockerfile(&args.file)?;
-    let df = plan::load(&text).map_err(|e| located(&name, e.line, &e.message))?;
+    let df = plan::load(&text).map_err(|e| located(&name, e.line, &e.to_string()))?;
     let opts = PlanOptions {
         build_args: parse_build_args(&args.build_args),
         target: args.target,
         platform: args.platform,
     };
-    let graph = plan::plan(&df, &opts).map_err(|e| located(&name, e.line, &e.message))?;
+    let graph = plan::plan(&df, &opts).map_err(|e| located(&name, e.line, &e.to_string()))?;
     say(serde_json::to_string_pretty(&graph)?)?;
     Ok(())
 }

@@ -204,7 +204,7 @@ pub fn build(
 ) -> Result<BuildOutcome, BuildError> {
     let file = opts.dockerfile_name.clone();
     let df = plan::load(&opts.dockerfile)
-        .map_err(|e| dockerfile_error(&file, &opts.dockerfile, e.line, e.message))?;
+        .map_err(|e| dockerfile_error(&file, &opts.dockerfile, e.line, e.to_string()))?;
     let mut build_args = opts.build_args.clone();
     if let Some(sde) = opts.source_date_epoch
         && !build_args.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH")
@@ -219,7 +219,7 @@ pub fn build(
             platform: None,
         },
     )
-    .map_err(|e| dockerfile_error(&file, &opts.dockerfile, e.line, e.message))?;
+    .map_err(|e| dockerfile_error(&file, &opts.dockerfile, e.line, e.to_string()))?;
 
     let filter = context_filter(opts)?;
     let fss = Filesystems::new(store, opts.single_id)?;
@@ -573,7 +573,7 @@ impl Builder<'_> {
                 format!("ONBUILD trigger {trigger:?}: {message}"),
             )
         };
-        let parsed = df_mod::parse(trigger).map_err(|e| err(e.message))?;
+        let parsed = df_mod::parse(trigger).map_err(|e| err(e.to_string()))?;
         if parsed.ast.children.len() != 1 {
             return Err(err("onbuild trigger should be a single expression".into()));
         }
@@ -584,7 +584,7 @@ impl Builder<'_> {
                 Ok(c)
             }
             Ok(Parsed::Stage(_)) => Err(err("FROM isn't allowed as an ONBUILD trigger".into())),
-            Err(e) => Err(err(e.message)),
+            Err(e) => Err(err(e.to_string())),
         }
     }
 
@@ -610,7 +610,7 @@ impl Builder<'_> {
         state
             .scope
             .expand(&self.lexer, &self.budget, word)
-            .map_err(|m| self.step_error(inst, m))
+            .map_err(|m| self.step_error(inst, m.to_string()))
     }
 
     /// Runs one instruction. Returns the layer it wrote, if any.
@@ -667,7 +667,7 @@ impl Builder<'_> {
                     state
                         .scope
                         .declare_arg(&self.lexer, &self.budget, decl, build_args)
-                        .map_err(|m| self.step_error(inst, m))?;
+                        .map_err(|m| self.step_error(inst, m.to_string()))?;
                     match &decl.value {
                         Some(v) => shown.push(format!("{}={v}", decl.key)),
                         None => shown.push(decl.key.clone()),

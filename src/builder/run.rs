@@ -53,7 +53,7 @@ impl Builder<'_> {
         let mut specs: Vec<Mount> = Vec::new();
         for m in &r.mounts {
             let raw = self.expand(state, inst, &m.raw)?;
-            let mut mount = parse_mount(&raw).map_err(|e| self.step_error(inst, e))?;
+            let mut mount = parse_mount(&raw).map_err(|e| self.step_error(inst, e.to_string()))?;
             if m.from.is_some() {
                 mount.from = m.from.clone();
             }
