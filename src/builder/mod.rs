@@ -130,8 +130,8 @@ pub enum BuildError {
     #[error(transparent)]
     Filesystem(#[from] stagefs::StageFsError),
     /// `kiln run` could not run the image.
-    #[error("{0}")]
-    Run(String),
+    #[error(transparent)]
+    Run(#[from] container::RunImageError),
     /// `kiln run`'s command could not be started; `exit_code` is 127 (not found) or 126 (not
     /// executable), as `docker run` exits.
     #[error("{source}")]
