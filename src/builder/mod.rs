@@ -10,7 +10,11 @@
 
 pub mod container;
 pub mod copy;
+pub mod debug;
+pub mod export;
+pub mod host;
 pub mod mounts;
+pub mod prune;
 pub mod run;
 pub mod stagefs;
 
@@ -28,7 +32,8 @@ use crate::dockerfile::instructions::{
 };
 use crate::dockerfile::shell::{Budget, Lexer};
 use crate::dockerfile::{self as df_mod};
-use crate::exec::Network;
+// The CLI names these through the builder (it talks to `builder` and `image` only).
+pub use crate::exec::{ExitStatus, Network};
 use crate::image::config::{ContainerConfig, Empty, Healthcheck, History, format_rfc3339};
 use crate::image::{Descriptor, ImageConfig, ImageError, ImageRef, Store, StoredImage};
 use crate::layer::{Compression, LayerEntry, WriteOptions};
