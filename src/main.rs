@@ -7,15 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use kiln::builder::BuildOptions;
-use kiln::dockerfile;
+use kiln::builder::{BuildOptions, ExitStatus, Network, debug, host};
 use kiln::image::{
-    DockerArchiveImage, ImageRef, ImportOptions, LoadOptions, OciExportOptions, Store, StoredImage,
-    parse_ref, write_docker_archive, write_docker_archive_file, write_oci_archive,
+    Compression, DockerArchiveImage, ImageRef, ImportOptions, LoadOptions, OciExportOptions, Store,
+    StoredImage, parse_ref, write_docker_archive, write_docker_archive_file, write_oci_archive,
     write_oci_archive_file, write_oci_dir, write_output_file,
 };
-use kiln::layer::{ApplyOptions, Compression, WriteOptions, apply_layer};
-use kiln::plan::{self, PlanOptions};
 use kiln::progress::{Json as JsonProgress, Plain, Progress, Quiet};
 
 #[derive(Parser)]
@@ -251,15 +248,15 @@ fn cmd_run(
             image: image.to_string(),
             command: command.to_vec(),
             network: match network {
-                NetworkMode::Host => kiln::exec::Network::Host,
-                NetworkMode::None => kiln::exec::Network::None,
+                NetworkMode::Host => Network::Host,
+                NetworkMode::None => Network::None,
             },
             single_id,
         },
     )?;
     Ok(match status {
-        kiln::exec::ExitStatus::Code(c) => c as u8,
-        kiln::exec::ExitStatus::Signal(s) => (128 + s) as u8,
+        ExitStatus::Code(c) => c as u8,
+        ExitStatus::Signal(s) => (128 + s) as u8,
     })
 }
 
@@ -289,28 +286,7 @@ fn run(cli: Cli) -> Result<()> {
             // Snapshots made in a user namespace hold files of subordinate ids: remove them there.
             enter_namespaces()?;
             let store = Store::open(&root)?;
-            let r = store.prune()?;
-            // Unpacked layers of images that are still named stay; the rest is rebuilt on demand.
-            let keep: Vec<_> = store
-                .list()?
-                .iter()
-                .flat_map(|img| img.config.rootfs.diff_ids.clone())
-                .collect();
-            let snapshots = kiln::snapshot::SnapshotStore::new(&root)?;
-            let ((removed, snap_bytes), (scratch, scratch_bytes)) =
-                store.while_exclusive(|| {
-                    let pruned = snapshots.prune(&keep)?;
-                    let swept = snapshots.sweep(true)?;
-                    kiln::lease::remove_dead_leases(&root);
-                    Ok::<_, kiln::layer::LayerError>((pruned, swept))
-                })??;
-            println!(
-                "removed {} blobs, {} snapshots and {} leftover temp files/dirs, {} bytes freed",
-                r.blobs_removed,
-                removed.len(),
-                r.temp_files_removed + scratch as u64,
-                r.bytes_freed + snap_bytes + scratch_bytes
-            );
+            println!("{}", kiln::builder::prune::prune(&store)?);
             Ok(())
         }
         Commands::Import { rootfs, name } => {
@@ -592,19 +568,12 @@ where
 /// read or a thread starts): as an ordinary user, re-executes kiln in a user namespace; then
 /// gives the process a private mount namespace. Returns whether ids are squashed (single-id map).
 fn enter_namespaces() -> Result<bool> {
-    let state = kiln::exec::ensure_userns()?;
-    kiln::exec::mount::private_mount_namespace()?;
-    Ok(state.single_id())
+    Ok(host::enter_namespaces()?)
 }
 
 fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
     let single_id = enter_namespaces()?;
-    let mut secrets = std::collections::BTreeMap::new();
-    for s in &args.secrets {
-        let (id, source) =
-            kiln::builder::mounts::parse_secret_flag(s).map_err(|e| anyhow!("{e}"))?;
-        secrets.insert(id, source);
-    }
+    let secrets = host::parse_secrets(&args.secrets).map_err(|e| anyhow!("{e}"))?;
     // Check everything the user typed before doing any work.
     let outputs: Vec<Output> = args
         .outputs
@@ -649,8 +618,8 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
         source_date_epoch: sde,
         compression: Compression::gzip(),
         network: match args.network {
-            NetworkMode::Host => kiln::exec::Network::Host,
-            NetworkMode::None => kiln::exec::Network::None,
+            NetworkMode::Host => Network::Host,
+            NetworkMode::None => Network::None,
         },
         secrets,
         single_id,
@@ -737,88 +706,15 @@ fn export(
             }
         }
         Output::Tar { dest } => {
-            // The final filesystem, materialised in the store's temp dir (in the build's user
-            // namespace, so owners are the image's), then written as one deterministic tar.
-            // Under this process's lease, so a killed export is swept by the next build.
-            let tmp = kiln::lease::tempdir_in(store.root(), store.tmp_dir(), "export-")
-                .with_context(|| {
-                    format!("creating a directory in {}", store.tmp_dir().display())
-                })?;
-            let rootfs = tmp.path().join("rootfs");
-            let apply = ApplyOptions {
-                ownership: if single_id {
-                    kiln::layer::Ownership::BestEffort
-                } else {
-                    kiln::layer::Ownership::Auto
-                },
-                ..ApplyOptions::default()
-            };
-            apply_layers(store, img, &rootfs, &apply, warned)?;
-            let entries = kiln::layer::scan_dir(&rootfs, &kiln::layer::ScanOptions::default())?;
-            let write = |w: &mut dyn std::io::Write| {
-                let opts = WriteOptions {
-                    compression: Compression::Uncompressed,
-                    ..WriteOptions::default()
-                };
-                kiln::layer::write_layer(entries, &opts, w).map(|_| ())
-            };
+            let tar = kiln::builder::export::rootfs_tar(store, img, single_id, warned)?;
             match dest {
-                Dest::Stdout => to_stdout(write)?,
-                Dest::Path(p) => write_output_file(p, |w| write(w).map_err(Into::into))?,
+                Dest::Stdout => to_stdout(|w| tar.write_to(w))?,
+                Dest::Path(p) => write_output_file(p, |w| tar.write_to(w).map_err(Into::into))?,
             }
         }
-        Output::Local { dest } => {
-            // Rootless, the files are the invoking user's (root of the namespace is the user
-            // outside it): the image's other owners cannot be set outside, and files of
-            // subordinate ids could not be removed by the user. Directories stay u+rwx so
-            // `rm -rf` works.
-            let rootless = kiln::exec::userns::in_user_namespace();
-            let apply = ApplyOptions {
-                ownership: if rootless {
-                    kiln::layer::Ownership::Ignore
-                } else {
-                    kiln::layer::Ownership::Auto
-                },
-                removable: rootless,
-                ..ApplyOptions::default()
-            };
-            let ignored = apply_layers(store, img, dest, &apply, warned)?;
-            if rootless && ignored > 0 {
-                eprintln!(
-                    "kiln: note: {} exported as your files: {ignored} entries of the image have \
-                     other owners, which a rootless local export cannot keep (type=tar keeps them)",
-                    dest.display()
-                );
-            }
-        }
+        Output::Local { dest } => kiln::builder::export::local(store, img, dest, warned)?,
     }
     Ok(())
-}
-
-/// Applies the image's layers, base first, into `dest`, and warns about device nodes that
-/// could not be created (in a user namespace), once per layer and command (`warned`: the
-/// layers already warned about). Returns the entries whose owner was not kept.
-fn apply_layers(
-    store: &Store,
-    img: &StoredImage,
-    dest: &Path,
-    apply: &ApplyOptions,
-    warned: &mut std::collections::BTreeSet<String>,
-) -> Result<u64> {
-    let mut ownership_ignored = 0;
-    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-    for l in img.layers() {
-        let blob = store.open_blob(l.digest())?;
-        let report = apply_layer(blob, dest, apply)
-            .with_context(|| format!("exporting to {}", dest.display()))?;
-        if let Some(w) = report.skipped_devices_warning()
-            && warned.insert(l.digest().to_string())
-        {
-            eprintln!("kiln: warning: exporting layer {}: {w}", l.digest());
-        }
-        ownership_ignored += report.ownership_ignored;
-    }
-    Ok(ownership_ignored)
 }
 
 fn cmd_images(root: &Path) -> Result<()> {
@@ -910,40 +806,30 @@ fn read_dockerfile(path: &Path) -> Result<(String, String)> {
     }
 }
 
-fn located(name: &str, line: Option<usize>, message: &str) -> anyhow::Error {
-    match line {
-        Some(l) => anyhow!("{name}:{l}: {message}"),
-        None => anyhow!("{name}: {message}"),
-    }
-}
-
-fn parse_file(name: &str, text: &str) -> Result<dockerfile::ParsedDockerfile> {
-    dockerfile::parse(text).map_err(|e| located(name, e.start_line, &e.message))
-}
-
 fn debug_parse(path: &Path, format: ParseFormat) -> Result<()> {
     let (text, name) = read_dockerfile(path)?;
-    let parsed = parse_file(&name, &text)?;
-    for w in &parsed.warnings {
-        eprintln!("warning: {name}:{}: {}", w.line, w.short);
+    let format = match format {
+        ParseFormat::Buildkit => debug::ParseFormat::Buildkit,
+        ParseFormat::Json => debug::ParseFormat::Json,
+    };
+    let shown = debug::parse(&name, &text, format)?;
+    for w in &shown.warnings {
+        eprintln!("{w}");
     }
-    match format {
-        ParseFormat::Buildkit => println!("{}", parsed.ast.dump()),
-        ParseFormat::Json => println!("{}", serde_json::to_string_pretty(&parsed)?),
-    }
+    println!("{}", shown.output);
     Ok(())
 }
 
 fn debug_plan(args: PlanArgs) -> Result<()> {
     let (text, name) = read_dockerfile(&args.file)?;
-    let df = plan::load(&text).map_err(|e| located(&name, e.line, &e.message))?;
-    let opts = PlanOptions {
-        build_args: parse_build_args(&args.build_args),
-        target: args.target,
-        platform: args.platform,
-    };
-    let graph = plan::plan(&df, &opts).map_err(|e| located(&name, e.line, &e.message))?;
-    say(serde_json::to_string_pretty(&graph)?)?;
+    let graph = debug::plan(
+        &name,
+        &text,
+        parse_build_args(&args.build_args),
+        args.target,
+        args.platform,
+    )?;
+    say(graph)?;
     Ok(())
 }
 
@@ -956,26 +842,17 @@ fn default_jobs() -> usize {
 /// from the store when it exists (nothing is created); others are unresolved.
 fn debug_steps(args: StepsArgs, root: &Path) -> Result<()> {
     let (text, name) = read_dockerfile(&args.file)?;
-    let opts = BuildOptions {
-        context: PathBuf::from("."),
-        dockerfile: text,
-        dockerfile_name: name,
-        dockerfile_path: None,
-        build_args: parse_build_args(&args.build_args),
-        target: args.target,
-        tags: Vec::new(),
-        source_date_epoch: None,
-        compression: Compression::gzip(),
-        network: kiln::exec::Network::Host,
-        secrets: Default::default(),
-        single_id: false,
-        jobs: 1,
-    };
     let store = match root.join("index.json").is_file() {
         true => Some(Store::open(root)?),
         false => None,
     };
-    let stages = kiln::builder::lower_steps(&opts, store.as_ref())?;
-    say(serde_json::to_string_pretty(&stages)?)?;
+    let steps = debug::steps(
+        &name,
+        &text,
+        parse_build_args(&args.build_args),
+        args.target,
+        store.as_ref(),
+    )?;
+    say(steps)?;
     Ok(())
 }

@@ -158,3 +158,54 @@ fn the_builder_is_not_in_a_folder_named_build() {
     assert!(!src.join("build").exists());
     assert!(src.join("builder/mod.rs").is_file());
 }
+
+/// The CLI talks to `builder` and `image` (and `progress` for its renderers, and the
+/// crate-root `error_chain`): prune, exports, namespace setup and secrets have a home below it.
+#[test]
+fn the_cli_names_only_builder_image_and_progress() {
+    const ALLOWED: &[&str] = &["builder", "image", "progress", "error_chain"];
+    let main = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/main.rs");
+    let text = std::fs::read_to_string(&main).unwrap();
+    let mut named = 0;
+    let mut bad = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        for (i, _) in code.match_indices("kiln::") {
+            named += 1;
+            let rest = &code[i + "kiln::".len()..];
+            // `kiln::{a, b}` names every item of the list.
+            let names: Vec<&str> = match rest.strip_prefix('{') {
+                Some(list) => list
+                    .split('}')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .collect(),
+                None => vec![rest],
+            };
+            for name in names {
+                let item: String = name
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !ALLOWED.contains(&item.as_str()) {
+                    bad.push(format!(
+                        "src/main.rs:{}: names kiln::{item}: {}",
+                        n + 1,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        named > 3,
+        "main.rs names kiln only {named} times: has it moved?"
+    );
+    assert!(
+        bad.is_empty(),
+        "the CLI reaches past builder/image:\n{}",
+        bad.join("\n")
+    );
+}

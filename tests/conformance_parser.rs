@@ -171,7 +171,7 @@ fn parser_extra_tables() {
     }
     for input in strs(&extra["json_arrays"]["invalid_not_string_array"]) {
         let err = parser::parse(&format!("CMD {input}")).unwrap_err();
-        assert_eq!(err.message, parser::ERR_NOT_STRING_ARRAY, "{input}");
+        assert_eq!(err.to_string(), parser::ERR_NOT_STRING_ARRAY, "{input}");
         checked += 1;
     }
     for case in extra["parse_words"]["cases"].as_array().unwrap() {
@@ -187,7 +187,7 @@ fn parser_extra_tables() {
         );
         match case.get("error") {
             Some(e) => assert_eq!(
-                parser::parse(&src).unwrap_err().message,
+                parser::parse(&src).unwrap_err().to_string(),
                 e.as_str().unwrap()
             ),
             None => {
@@ -242,7 +242,7 @@ fn parser_extra_tables() {
 
     let long = format!("\n\t\tFROM image\n\t\tLABEL test={}\n", "a".repeat(65536));
     assert_eq!(
-        parser::parse(&long).unwrap_err().message,
+        parser::parse(&long).unwrap_err().to_string(),
         extra["line_too_long"]["error"].as_str().unwrap()
     );
     let just_fits = format!("FROM image\nLABEL a={}\n", "a".repeat(65535 - 8));
@@ -301,8 +301,8 @@ fn parser_extra_tables() {
 }
 
 fn instruction(src: &str) -> Result<Parsed, String> {
-    let parsed = parser::parse(src).map_err(|e| e.message)?;
-    instructions::parse_instruction(&parsed.ast.children[0]).map_err(|e| e.message)
+    let parsed = parser::parse(src).map_err(|e| e.to_string())?;
+    instructions::parse_instruction(&parsed.ast.children[0]).map_err(|e| e.to_string())
 }
 
 fn command(src: &str) -> Command {

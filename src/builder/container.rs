@@ -2,11 +2,11 @@
 //! RUN step uses, on the image's snapshots, so a user without a daemon can try what they built.
 //! The run's writes land in a throwaway upper directory: nothing is kept (as `docker run --rm`).
 
-use crate::exec::{ExitStatus, Network, RunSpec, sandbox};
+use crate::exec::{ExecError, ExitStatus, Network, RunSpec, sandbox};
 use crate::image::Store;
 
 use super::BuildError;
-use super::copy::resolve_exec_user;
+use super::copy::{UserError, resolve_exec_user};
 use crate::snapshot::Snapshotter;
 
 /// What `kiln run` runs.
@@ -21,8 +21,29 @@ pub struct RunImageOptions {
     pub single_id: bool,
 }
 
-fn err(message: impl Into<String>) -> BuildError {
-    BuildError::Run(message.into())
+/// Why `kiln run` could not run the image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunImageError {
+    #[error(
+        "{image}: the image has no ENTRYPOINT or CMD; give a command: kiln run {image} COMMAND…"
+    )]
+    NoCommand { image: String },
+    /// The image's USER is not in its account files.
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error(
+        "USER {user} (uid {uid}) cannot run in a single-id user namespace (only root is mapped): \
+         give your user subordinate ids in /etc/subuid and /etc/subgid"
+    )]
+    SingleId { user: String, uid: u32 },
+    /// The sandbox failed (other than a command that could not be started).
+    #[error(transparent)]
+    Sandbox(ExecError),
+}
+
+fn err(e: impl Into<RunImageError>) -> BuildError {
+    BuildError::Run(e.into())
 }
 
 /// Runs the command to its end with stdout and stderr passed through; returns how it ended.
@@ -42,18 +63,16 @@ pub fn run_image(store: &Store, opts: &RunImageOptions) -> Result<ExitStatus, Bu
         args.extend(opts.command.iter().cloned());
     }
     if args.is_empty() {
-        return Err(err(format!(
-            "{}: the image has no ENTRYPOINT or CMD; give a command: kiln run {} COMMAND…",
-            opts.image, opts.image
-        )));
+        return Err(err(RunImageError::NoCommand {
+            image: opts.image.clone(),
+        }));
     }
-    let user = resolve_exec_user(&cc.user, fss.root(&fs)?).map_err(|e| err(e.to_string()))?;
+    let user = resolve_exec_user(&cc.user, fss.root(&fs)?).map_err(err)?;
     if opts.single_id && (user.uid != 0 || user.gid != 0) {
-        return Err(err(format!(
-            "USER {} (uid {}) cannot run in a single-id user namespace (only root is mapped): \
-             give your user subordinate ids in /etc/subuid and /etc/subgid",
-            cc.user, user.uid
-        )));
+        return Err(err(RunImageError::SingleId {
+            user: cc.user.clone(),
+            uid: user.uid,
+        }));
     }
     let mut env = cc.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -90,7 +109,7 @@ pub fn run_image(store: &Store, opts: &RunImageOptions) -> Result<ExitStatus, Bu
             exit_code,
             source: e,
         },
-        None => err(e.to_string()),
+        None => err(RunImageError::Sandbox(e)),
     })?;
     // The upper directory goes with `root`: nothing the command wrote is kept.
     drop(root);

@@ -208,7 +208,7 @@ impl<'a> Lowering<'a> {
                 format!("ONBUILD trigger {trigger:?}: {message}"),
             )
         };
-        let parsed = crate::dockerfile::parse(trigger).map_err(|e| err(e.message))?;
+        let parsed = crate::dockerfile::parse(trigger).map_err(|e| err(e.to_string()))?;
         if parsed.ast.children.len() != 1 {
             return Err(err("onbuild trigger should be a single expression".into()));
         }
@@ -219,7 +219,7 @@ impl<'a> Lowering<'a> {
                 Ok(c)
             }
             Ok(Parsed::Stage(_)) => Err(err("FROM isn't allowed as an ONBUILD trigger".into())),
-            Err(e) => Err(err(e.message)),
+            Err(e) => Err(err(e.to_string())),
         }
     }
 

@@ -13,8 +13,12 @@
 pub mod config;
 pub mod container;
 pub mod copy;
+pub mod debug;
+pub mod export;
+pub mod host;
 pub mod lower;
 pub mod mounts;
+pub mod prune;
 pub mod run;
 pub mod scheduler;
 pub mod step;
@@ -26,7 +30,8 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::context::{ContextFilter, WalkOptions, read_ignore_file};
-use crate::exec::Network;
+// The CLI names these through the builder (it talks to `builder` and `image` only).
+pub use crate::exec::{ExitStatus, Network};
 use crate::image::{ImageError, ImageRef, Store, StoredImage};
 use crate::layer::Compression;
 use crate::plan::{self, Graph, PlanOptions};
@@ -128,8 +133,8 @@ pub enum BuildError {
     #[error(transparent)]
     Filesystem(#[from] crate::snapshot::SnapshotError),
     /// `kiln run` could not run the image.
-    #[error("{0}")]
-    Run(String),
+    #[error(transparent)]
+    Run(#[from] container::RunImageError),
     /// `kiln run`'s command could not be started; `exit_code` is 127 (not found) or 126 (not
     /// executable), as `docker run` exits.
     #[error("{source}")]
@@ -149,8 +154,11 @@ pub enum StepError {
     #[error("{0}")]
     Invalid(String),
     /// Variable expansion failed (syntax, or over kiln's expansion limits).
-    #[error("{0}")]
-    Expand(String),
+    #[error(transparent)]
+    Expand(#[from] crate::plan::ExpandError),
+    /// A `--mount` spec is invalid.
+    #[error(transparent)]
+    MountSpec(#[from] crate::dockerfile::instructions::MountError),
     #[error(transparent)]
     Shell(#[from] crate::dockerfile::shell::ShellError),
     #[error(transparent)]
@@ -205,12 +213,6 @@ impl BuildError {
             loc: loc.clone(),
             source: Box::new(source),
         }
-    }
-}
-
-impl From<String> for StepError {
-    fn from(message: String) -> Self {
-        StepError::Expand(message)
     }
 }
 
@@ -303,7 +305,7 @@ fn plan_build(
     file: &str,
 ) -> Result<(crate::dockerfile::instructions::Dockerfile, Graph), BuildError> {
     let df = plan::load(&opts.dockerfile)
-        .map_err(|e| dockerfile_error(file, &opts.dockerfile, e.line, e.message))?;
+        .map_err(|e| dockerfile_error(file, &opts.dockerfile, e.line, e.to_string()))?;
     let mut build_args = opts.build_args.clone();
     if let Some(sde) = opts.source_date_epoch
         && !build_args.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH")
@@ -318,7 +320,7 @@ fn plan_build(
             platform: None,
         },
     )
-    .map_err(|e| dockerfile_error(file, &opts.dockerfile, e.line, e.message))?;
+    .map_err(|e| dockerfile_error(file, &opts.dockerfile, e.line, e.to_string()))?;
     Ok((df, graph))
 }
 

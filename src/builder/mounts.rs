@@ -180,7 +180,7 @@ pub fn parse_secret_flag(s: &str) -> Result<(String, SecretSource), MountError> 
     let mut id = None;
     let mut src = None;
     let mut env = None;
-    for field in split_csv(s).map_err(bad)? {
+    for field in split_csv(s).map_err(|e| bad(e.to_string()))? {
         let Some((key, value)) = field.split_once('=') else {
             return Err(bad(format!(
                 "invalid field '{field}' must be a key=value pair"

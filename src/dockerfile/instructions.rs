@@ -12,13 +12,180 @@ use thiserror::Error;
 
 use super::parser::{Heredoc, Node, ParsedDockerfile, chomp_heredoc_content, parse_heredoc};
 
-/// An instruction-level error with the line range of the instruction.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{message}")]
+/// An instruction-level error with the line range of the instruction. It reads as its
+/// [`kind`](Self::kind) (BuildKit's text) and has the kind's cause as its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstructionError {
-    pub message: String,
+    pub kind: InstructionErrorKind,
     pub start_line: usize,
     pub end_line: usize,
+}
+
+impl std::fmt::Display for InstructionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.kind.fmt(f)
+    }
+}
+
+impl std::error::Error for InstructionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.kind.source()
+    }
+}
+
+/// Why an instruction is invalid. The texts are BuildKit's.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum InstructionErrorKind {
+    #[error("no build stage in current context")]
+    NoStage,
+    #[error(transparent)]
+    Flag(#[from] FlagError),
+    #[error("{keyword} requires exactly one argument")]
+    ExactlyOne { keyword: &'static str },
+    #[error("{keyword} requires at least one argument")]
+    AtLeastOne { keyword: &'static str },
+    #[error(
+        "{keyword} requires at least two arguments, but only one was provided. Destination could not be determined"
+    )]
+    NoDestination { keyword: &'static str },
+    #[error("{keyword} cannot accept a heredoc as a destination")]
+    HeredocDestination { keyword: &'static str },
+    #[error("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")]
+    OnbuildChained,
+    #[error("{trigger} isn't allowed as an ONBUILD trigger")]
+    OnbuildTrigger { trigger: String },
+    #[error("VOLUME specified can not be an empty string")]
+    EmptyVolume,
+    #[error("ARG names can not be blank")]
+    BlankArg,
+    #[error("SHELL requires the arguments to be in JSON form")]
+    ShellNotJson,
+    #[error("unknown instruction: {keyword}{}", .suggestion.as_ref().map(|s| format!(" (did you mean {s}?)")).unwrap_or_default())]
+    Unknown {
+        keyword: String,
+        suggestion: Option<String>,
+    },
+    #[error(
+        "invalid name for build stage: {}, name can't start with a number or contain symbols",
+        super::parser::go_quote(.name)
+    )]
+    StageName { name: String },
+    #[error("FROM requires either one or three arguments")]
+    FromArguments,
+    /// A RUN `--mount` whose CSV does not read.
+    #[error("failed to parse csv mounts: {0}")]
+    MountCsv(#[source] CsvError),
+    #[error("'from' doesn't support variable expansion, define alias stage instead")]
+    MountFromVariable,
+    #[error("invalid network mode {0:?}")]
+    Network(String),
+    #[error("security {0:?} is not valid")]
+    Security(String),
+    #[error(transparent)]
+    Healthcheck(#[from] HealthcheckError),
+}
+
+/// An instruction flag that BuildKit's `BFlags` refuses.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum FlagError {
+    #[error("arg should start with -- : {arg}")]
+    NotAFlag { arg: String },
+    #[error("unknown flag: --{name}{}", .suggestion.as_ref().map(|s| format!(" (did you mean --{s}?)")).unwrap_or_default())]
+    Unknown {
+        name: String,
+        suggestion: Option<String>,
+    },
+    #[error("duplicate flag specified: --{name}")]
+    Duplicate { name: String },
+    #[error("missing a value on flag: --{name}")]
+    MissingValue { name: String },
+    #[error("expecting boolean value for flag {name}, not: {value}")]
+    NotBoolean { name: String, value: String },
+}
+
+/// A `--mount` value that BuildKit's `parseMount` refuses (after expansion).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum MountError {
+    #[error("failed to parse csv mounts: {0}")]
+    Csv(#[source] CsvError),
+    #[error("invalid field '{field}' must be a key=value pair")]
+    NotKeyValue { field: String },
+    #[error("unsupported mount type {0:?}")]
+    Type(String),
+    #[error("invalid value for {key}: {value}")]
+    Boolean { key: String, value: String },
+    #[error("unexpected key '{key}' for mount type '{kind}'")]
+    KeyForType { key: String, kind: String },
+    #[error("unsupported sharing value {0:?}")]
+    Sharing(String),
+    /// `mode`, `uid` or `gid` that is not a number (octal for `mode`).
+    #[error("invalid value {value} for {key}")]
+    Number { key: &'static str, value: String },
+    #[error("unexpected key '{key}' in '{field}'")]
+    UnknownKey { key: String, field: String },
+    /// `mode`, `uid` or `gid` on a mount type that has no owner.
+    #[error("{key} not allowed for {kind:?} type mounts")]
+    OwnerNotAllowed { key: &'static str, kind: String },
+    #[error("secret mount should not have a from")]
+    SecretFrom,
+    #[error("secret mount should not define sharing")]
+    SecretSharing,
+    #[error("invalid secret mount. one of source, target required")]
+    SecretTarget,
+    #[error("both source and id can't be set")]
+    SecretSourceAndId,
+    #[error("invalid cache sharing set for {kind} mount")]
+    SharingNotCache { kind: String },
+}
+
+/// A CSV record with an unbalanced quote (Go's `encoding/csv`).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("extraneous or missing \" in quoted-field: {input}")]
+pub struct CsvError {
+    pub input: String,
+}
+
+/// A HEALTHCHECK that BuildKit refuses.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum HealthcheckError {
+    #[error("HEALTHCHECK requires at least one argument")]
+    NoArguments,
+    #[error(transparent)]
+    Flag(#[from] FlagError),
+    #[error("HEALTHCHECK NONE takes no arguments")]
+    NoneWithArguments,
+    #[error("Unknown type {} in HEALTHCHECK (try CMD)", super::parser::go_quote(.kind))]
+    Type { kind: String },
+    #[error("Missing command after HEALTHCHECK CMD")]
+    NoCommand,
+    #[error(transparent)]
+    Duration(#[from] DurationError),
+    #[error("Interval \"{name}\" cannot be less than 1ms")]
+    TooShort { name: String },
+    #[error("strconv.ParseInt: parsing {}: invalid syntax", super::parser::go_quote(.value))]
+    Retries { value: String },
+    #[error("--retries cannot be negative ({0})")]
+    NegativeRetries(i64),
+}
+
+/// A duration Go's `time.ParseDuration` refuses; the texts are Go's.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DurationError {
+    #[error("time: invalid duration {}", super::parser::go_quote(.input))]
+    Invalid { input: String },
+    #[error("time: missing unit in duration {}", super::parser::go_quote(.input))]
+    MissingUnit { input: String },
+    #[error(
+        "time: unknown unit {} in duration {}",
+        super::parser::go_quote(.unit),
+        super::parser::go_quote(.input)
+    )]
+    UnknownUnit { unit: String, input: String },
 }
 
 /// Where an instruction sits in the Dockerfile (1-based lines).
@@ -224,7 +391,7 @@ pub fn from_ast(parsed: &ParsedDockerfile) -> Result<Dockerfile, InstructionErro
                 Some(stage) => stage.commands.push(c),
                 None if matches!(c.command, Command::Arg { .. }) => meta_args.push(c),
                 None => {
-                    return Err(err_at(node, "no build stage in current context".into()));
+                    return Err(err_at(node, InstructionErrorKind::NoStage));
                 }
             },
         }
@@ -236,9 +403,9 @@ pub fn from_ast(parsed: &ParsedDockerfile) -> Result<Dockerfile, InstructionErro
     })
 }
 
-fn err_at(node: &Node, message: String) -> InstructionError {
+fn err_at(node: &Node, kind: InstructionErrorKind) -> InstructionError {
     InstructionError {
-        message,
+        kind,
         start_line: node.start_line,
         end_line: node.end_line,
     }
@@ -324,11 +491,11 @@ enum FlagKind {
 }
 
 impl<'a> Flags<'a> {
-    fn parse(raw: &'a [String], spec: &'a [(&'a str, FlagKind)]) -> Result<Self, String> {
+    fn parse(raw: &'a [String], spec: &'a [(&'a str, FlagKind)]) -> Result<Self, FlagError> {
         let mut values: BTreeMap<&'a str, Vec<String>> = BTreeMap::new();
         for arg in raw {
             let Some(body) = arg.strip_prefix("--") else {
-                return Err(format!("arg should start with -- : {arg}"));
+                return Err(FlagError::NotAFlag { arg: arg.clone() });
             };
             if body.is_empty() {
                 break;
@@ -339,33 +506,43 @@ impl<'a> Flags<'a> {
             };
             let Some(&(key, kind)) = spec.iter().find(|(n, _)| *n == name) else {
                 let names: Vec<&str> = spec.iter().map(|(n, _)| *n).collect();
-                return Err(match suggest(name, &names, false) {
-                    Some(s) => format!("unknown flag: --{name} (did you mean --{s}?)"),
-                    None => format!("unknown flag: --{name}"),
+                return Err(FlagError::Unknown {
+                    name: name.to_string(),
+                    suggestion: suggest(name, &names, false),
                 });
             };
             let seen = values.entry(key).or_default();
             if !seen.is_empty() && kind != FlagKind::Strings {
-                return Err(format!("duplicate flag specified: --{name}"));
+                return Err(FlagError::Duplicate {
+                    name: name.to_string(),
+                });
             }
             match kind {
                 FlagKind::Bool => {
                     let v = match value.map(str::to_ascii_lowercase).as_deref() {
                         None | Some("true") => "true",
-                        Some("") => return Err(format!("missing a value on flag: --{name}")),
+                        Some("") => {
+                            return Err(FlagError::MissingValue {
+                                name: name.to_string(),
+                            });
+                        }
                         Some("false") => "false",
                         Some(_) => {
-                            return Err(format!(
-                                "expecting boolean value for flag {name}, not: {}",
-                                value.unwrap_or_default()
-                            ));
+                            return Err(FlagError::NotBoolean {
+                                name: name.to_string(),
+                                value: value.unwrap_or_default().to_string(),
+                            });
                         }
                     };
                     seen.push(v.to_string());
                 }
                 FlagKind::String | FlagKind::Strings => match value {
                     Some(v) => seen.push(v.to_string()),
-                    None => return Err(format!("missing a value on flag: --{name}")),
+                    None => {
+                        return Err(FlagError::MissingValue {
+                            name: name.to_string(),
+                        });
+                    }
                 },
             }
         }
@@ -409,22 +586,22 @@ fn node_args(node: &Node) -> Vec<String> {
     out
 }
 
-fn exactly_one(keyword: &str, args: &[String]) -> Result<String, String> {
+fn exactly_one(keyword: &'static str, args: &[String]) -> Result<String, InstructionErrorKind> {
     match args {
         [one] => Ok(one.clone()),
-        _ => Err(format!("{keyword} requires exactly one argument")),
+        _ => Err(InstructionErrorKind::ExactlyOne { keyword }),
     }
 }
 
-fn at_least_one(keyword: &str, args: &[String]) -> Result<(), String> {
+fn at_least_one(keyword: &'static str, args: &[String]) -> Result<(), InstructionErrorKind> {
     if args.is_empty() {
-        Err(format!("{keyword} requires at least one argument"))
+        Err(InstructionErrorKind::AtLeastOne { keyword })
     } else {
         Ok(())
     }
 }
 
-fn no_flags(flags: &[String]) -> Result<(), String> {
+fn no_flags(flags: &[String]) -> Result<(), FlagError> {
     Flags::parse(flags, &[]).map(|_| ())
 }
 
@@ -454,7 +631,7 @@ pub fn parse_instruction(node: &Node) -> Result<Parsed, InstructionError> {
     parse_node(node).map_err(|m| err_at(node, m))
 }
 
-fn parse_node(node: &Node) -> Result<Parsed, String> {
+fn parse_node(node: &Node) -> Result<Parsed, InstructionErrorKind> {
     let keyword = node.value.to_uppercase();
     let args = node_args(node);
     let flags = node.flags.as_slice();
@@ -539,10 +716,10 @@ fn parse_node(node: &Node) -> Result<Parsed, String> {
             let trigger = args[0].to_uppercase();
             match trigger.as_str() {
                 "ONBUILD" => {
-                    return Err("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into());
+                    return Err(InstructionErrorKind::OnbuildChained);
                 }
                 "MAINTAINER" | "FROM" => {
-                    return Err(format!("{trigger} isn't allowed as an ONBUILD trigger"));
+                    return Err(InstructionErrorKind::OnbuildTrigger { trigger });
                 }
                 _ => {}
             }
@@ -590,7 +767,7 @@ fn parse_node(node: &Node) -> Result<Parsed, String> {
             at_least_one("VOLUME", &args)?;
             no_flags(flags)?;
             if args.iter().any(|v| v.trim().is_empty()) {
-                return Err("VOLUME specified can not be an empty string".into());
+                return Err(InstructionErrorKind::EmptyVolume);
             }
             Command::Volume { volumes: args }
         }
@@ -610,7 +787,7 @@ fn parse_node(node: &Node) -> Result<Parsed, String> {
                     None => (word.clone(), None),
                 };
                 if key.is_empty() {
-                    return Err("ARG names can not be blank".into());
+                    return Err(InstructionErrorKind::BlankArg);
                 }
                 let comment = doc_comment(&node.prev_comment, &key);
                 decls.push(ArgDecl {
@@ -625,16 +802,15 @@ fn parse_node(node: &Node) -> Result<Parsed, String> {
             no_flags(flags)?;
             at_least_one("SHELL", &args)?;
             if !node.json {
-                return Err("SHELL requires the arguments to be in JSON form".into());
+                return Err(InstructionErrorKind::ShellNotJson);
             }
             Command::Shell { shell: args }
         }
         _ => {
-            let mut message = format!("unknown instruction: {}", node.value);
-            if let Some(s) = suggest(&node.value, &INSTRUCTIONS, true) {
-                message.push_str(&format!(" (did you mean {s}?)"));
-            }
-            return Err(message);
+            return Err(InstructionErrorKind::Unknown {
+                keyword: node.value.clone(),
+                suggestion: suggest(&node.value, &INSTRUCTIONS, true),
+            });
         }
     };
     Ok(Parsed::Command(Instruction {
@@ -660,20 +836,17 @@ fn parse_from(
     args: &[String],
     flags: &[String],
     location: Location,
-) -> Result<Stage, String> {
+) -> Result<Stage, InstructionErrorKind> {
     let name = match args {
         [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
             let lower = name.to_lowercase();
             if !is_valid_stage_name(&lower) {
-                return Err(format!(
-                    "invalid name for build stage: {}, name can't start with a number or contain symbols",
-                    super::parser::go_quote(name)
-                ));
+                return Err(InstructionErrorKind::StageName { name: name.clone() });
             }
             Some(lower)
         }
         [_] => None,
-        _ => return Err("FROM requires either one or three arguments".into()),
+        _ => return Err(InstructionErrorKind::FromArguments),
     };
     let f = Flags::parse(flags, &[("platform", FlagKind::String)])?;
     let comment = doc_comment(&node.prev_comment, name.as_deref().unwrap_or_default());
@@ -688,27 +861,23 @@ fn parse_from(
     })
 }
 
-fn need_destination(keyword: &str, args: &[String]) -> Result<(), String> {
+fn need_destination(keyword: &'static str, args: &[String]) -> Result<(), InstructionErrorKind> {
     if args.len() < 2 {
-        return Err(format!(
-            "{keyword} requires at least two arguments, but only one was provided. Destination could not be determined"
-        ));
+        return Err(InstructionErrorKind::NoDestination { keyword });
     }
     Ok(())
 }
 
 fn sources_and_dest(
-    keyword: &str,
+    keyword: &'static str,
     args: &[String],
     heredocs: &[Heredoc],
-) -> Result<SourcesAndDest, String> {
+) -> Result<SourcesAndDest, InstructionErrorKind> {
     need_destination(keyword, args)?;
     let (srcs, dest) = args.split_at(args.len() - 1);
     let dest = &dest[0];
     if matches!(parse_heredoc(dest), Ok(Some(_))) {
-        return Err(format!(
-            "{keyword} cannot accept a heredoc as a destination"
-        ));
+        return Err(InstructionErrorKind::HeredocDestination { keyword });
     }
     let mut out = SourcesAndDest {
         dest: dest.clone(),
@@ -764,7 +933,11 @@ fn command_line(node: &Node, args: &[String]) -> CommandLine {
     }
 }
 
-fn parse_run(node: &Node, args: &[String], flags: &[String]) -> Result<RunCommand, String> {
+fn parse_run(
+    node: &Node,
+    args: &[String],
+    flags: &[String],
+) -> Result<RunCommand, InstructionErrorKind> {
     let f = Flags::parse(
         flags,
         &[
@@ -778,17 +951,14 @@ fn parse_run(node: &Node, args: &[String], flags: &[String]) -> Result<RunComman
     // expansion, when the stage is built (see `parse_mount`).
     let mut mounts = Vec::new();
     for raw in f.strings("mount") {
-        let fields = split_csv(&raw).map_err(|e| format!("failed to parse csv mounts: {e}"))?;
+        let fields = split_csv(&raw).map_err(InstructionErrorKind::MountCsv)?;
         let mut from = None;
         for field in &fields {
             if let Some((k, v)) = field.split_once('=')
                 && k.eq_ignore_ascii_case("from")
             {
                 if v.find('$').is_some_and(|i| i + 1 < v.len()) {
-                    return Err(
-                        "'from' doesn't support variable expansion, define alias stage instead"
-                            .into(),
-                    );
+                    return Err(InstructionErrorKind::MountFromVariable);
                 }
                 from = Some(v.to_string());
             }
@@ -799,13 +969,13 @@ fn parse_run(node: &Node, args: &[String], flags: &[String]) -> Result<RunComman
     if let Some(n) = &network
         && !matches!(n.as_str(), "default" | "none" | "host")
     {
-        return Err(format!("invalid network mode {n:?}"));
+        return Err(InstructionErrorKind::Network(n.clone()));
     }
     let security = f.string("security");
     if let Some(s) = &security
         && !matches!(s.as_str(), "sandbox" | "insecure")
     {
-        return Err(format!("security {s:?} is not valid"));
+        return Err(InstructionErrorKind::Security(s.clone()));
     }
     Ok(RunCommand {
         command: command_line(node, args),
@@ -819,8 +989,8 @@ fn parse_run(node: &Node, args: &[String], flags: &[String]) -> Result<RunComman
 
 /// Parses and validates one `--mount` value after variable expansion: comma-separated
 /// `key=value` fields (CSV quoting allowed), as BuildKit's `parseMount`.
-pub fn parse_mount(spec: &str) -> Result<Mount, String> {
-    let fields = split_csv(spec).map_err(|e| format!("failed to parse csv mounts: {e}"))?;
+pub fn parse_mount(spec: &str) -> Result<Mount, MountError> {
+    let fields = split_csv(spec).map_err(MountError::Csv)?;
     let mut m = Mount {
         kind: "bind".into(),
         ..Mount::default()
@@ -831,10 +1001,13 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
             Some((k, v)) => (k.to_ascii_lowercase(), Some(v)),
             None => (field.to_ascii_lowercase(), None),
         };
-        let boolean = |v: Option<&str>| -> Result<bool, String> {
+        let boolean = |v: Option<&str>| -> Result<bool, MountError> {
             match v {
                 None => Ok(true),
-                Some(v) => parse_go_bool(v).ok_or_else(|| format!("invalid value for {key}: {v}")),
+                Some(v) => parse_go_bool(v).ok_or_else(|| MountError::Boolean {
+                    key: key.clone(),
+                    value: v.to_string(),
+                }),
             }
         };
         if value.is_none()
@@ -843,14 +1016,16 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
                 "readonly" | "ro" | "readwrite" | "rw" | "required"
             )
         {
-            return Err(format!("invalid field '{field}' must be a key=value pair"));
+            return Err(MountError::NotKeyValue {
+                field: field.clone(),
+            });
         }
         let v = value.unwrap_or_default().to_string();
         match key.as_str() {
             "type" => {
                 m.kind = match v.to_ascii_lowercase().as_str() {
                     t @ ("bind" | "cache" | "tmpfs" | "secret" | "ssh") => t.to_string(),
-                    _ => return Err(format!("unsupported mount type {v:?}")),
+                    _ => return Err(MountError::Type(v)),
                 }
             }
             "readonly" | "ro" => read_only = Some(boolean(value)?),
@@ -860,10 +1035,7 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
             }
             "size" if m.kind == "tmpfs" => m.size = Some(v),
             "required" | "size" => {
-                return Err(format!(
-                    "unexpected key '{key}' for mount type '{}'",
-                    m.kind
-                ));
+                return Err(MountError::KeyForType { key, kind: m.kind });
             }
             "target" | "dst" | "destination" => m.target = Some(v),
             "source" | "src" => m.source = Some(v),
@@ -873,31 +1045,42 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
             "sharing" => {
                 let lower = v.to_ascii_lowercase();
                 if !matches!(lower.as_str(), "shared" | "private" | "locked") {
-                    return Err(format!("unsupported sharing value {v:?}"));
+                    return Err(MountError::Sharing(v));
                 }
                 m.sharing = Some(lower);
             }
             "mode" => {
-                m.mode = Some(
-                    u32::from_str_radix(&v, 8)
-                        .map_err(|_| format!("invalid value {v} for mode"))?,
-                )
+                m.mode = Some(u32::from_str_radix(&v, 8).map_err(|_| MountError::Number {
+                    key: "mode",
+                    value: v.clone(),
+                })?)
             }
             "uid" => {
                 m.uid = Some(
                     v.parse::<u32>()
-                        .map_err(|_| format!("invalid value {v} for uid"))?
+                        .map_err(|_| MountError::Number {
+                            key: "uid",
+                            value: v.clone(),
+                        })?
                         .into(),
                 )
             }
             "gid" => {
                 m.gid = Some(
                     v.parse::<u32>()
-                        .map_err(|_| format!("invalid value {v} for gid"))?
+                        .map_err(|_| MountError::Number {
+                            key: "gid",
+                            value: v.clone(),
+                        })?
                         .into(),
                 )
             }
-            _ => return Err(format!("unexpected key '{key}' in '{field}'")),
+            _ => {
+                return Err(MountError::UnknownKey {
+                    key,
+                    field: field.clone(),
+                });
+            }
         }
     }
     let owner_ok = matches!(m.kind.as_str(), "secret" | "ssh" | "cache");
@@ -907,26 +1090,29 @@ pub fn parse_mount(spec: &str) -> Result<Mount, String> {
         (m.gid.is_some(), "gid"),
     ] {
         if set && !owner_ok {
-            return Err(format!("{what} not allowed for {:?} type mounts", m.kind));
+            return Err(MountError::OwnerNotAllowed {
+                key: what,
+                kind: m.kind,
+            });
         }
     }
     m.read_only = read_only.unwrap_or(matches!(m.kind.as_str(), "bind" | "secret" | "ssh"));
     if m.kind == "secret" {
         if m.from.is_some() {
-            return Err("secret mount should not have a from".into());
+            return Err(MountError::SecretFrom);
         }
         if m.sharing.is_some() {
-            return Err("secret mount should not define sharing".into());
+            return Err(MountError::SecretSharing);
         }
         if m.source.is_none() && m.target.is_none() && m.id.is_none() {
-            return Err("invalid secret mount. one of source, target required".into());
+            return Err(MountError::SecretTarget);
         }
         if m.source.is_some() && m.id.is_some() {
-            return Err("both source and id can't be set".into());
+            return Err(MountError::SecretSourceAndId);
         }
     }
     if m.sharing.is_some() && m.kind != "cache" {
-        return Err(format!("invalid cache sharing set for {} mount", m.kind));
+        return Err(MountError::SharingNotCache { kind: m.kind });
     }
     Ok(m)
 }
@@ -941,7 +1127,7 @@ fn parse_go_bool(v: &str) -> Option<bool> {
 }
 
 /// Splits `a=b,"c=d,e"` like Go's `encoding/csv` reading one record.
-pub fn split_csv(s: &str) -> Result<Vec<String>, String> {
+pub fn split_csv(s: &str) -> Result<Vec<String>, CsvError> {
     let mut out = Vec::new();
     let mut field = String::new();
     let mut chars = s.chars().peekable();
@@ -971,7 +1157,9 @@ pub fn split_csv(s: &str) -> Result<Vec<String>, String> {
         }
     }
     if in_quotes {
-        return Err(format!("extraneous or missing \" in quoted-field: {s}"));
+        return Err(CsvError {
+            input: s.to_string(),
+        });
     }
     out.push(field);
     Ok(out)
@@ -981,15 +1169,15 @@ fn parse_healthcheck(
     node: &Node,
     args: &[String],
     flags: &[String],
-) -> Result<HealthCheck, String> {
+) -> Result<HealthCheck, HealthcheckError> {
     if args.is_empty() {
-        return Err("HEALTHCHECK requires at least one argument".into());
+        return Err(HealthcheckError::NoArguments);
     }
     let typ = args[0].to_uppercase();
     let rest = &args[1..];
     if typ == "NONE" {
         if !rest.is_empty() {
-            return Err("HEALTHCHECK NONE takes no arguments".into());
+            return Err(HealthcheckError::NoneWithArguments);
         }
         // BuildKit never parses HEALTHCHECK NONE's flags.
         return Ok(HealthCheck {
@@ -1008,10 +1196,7 @@ fn parse_healthcheck(
         ],
     )?;
     if typ != "CMD" {
-        return Err(format!(
-            "Unknown type {} in HEALTHCHECK (try CMD)",
-            super::parser::go_quote(&typ)
-        ));
+        return Err(HealthcheckError::Type { kind: typ });
     }
     let cmd = if rest.is_empty() {
         Vec::new()
@@ -1021,11 +1206,11 @@ fn parse_healthcheck(
         vec![rest.join(" ")]
     };
     if cmd.is_empty() {
-        return Err("Missing command after HEALTHCHECK CMD".into());
+        return Err(HealthcheckError::NoCommand);
     }
     let mut test = vec![if node.json { "CMD" } else { "CMD-SHELL" }.to_string()];
     test.extend(cmd);
-    let interval = |name: &str| -> Result<Option<Duration>, String> {
+    let interval = |name: &str| -> Result<Option<Duration>, HealthcheckError> {
         let Some(v) = f.string(name).filter(|v| !v.is_empty()) else {
             return Ok(None);
         };
@@ -1034,20 +1219,19 @@ fn parse_healthcheck(
             return Ok(None);
         }
         if d < Duration::from_millis(1) {
-            return Err(format!("Interval \"{name}\" cannot be less than 1ms"));
+            return Err(HealthcheckError::TooShort {
+                name: name.to_string(),
+            });
         }
         Ok(Some(d))
     };
     let retries = match f.string("retries").filter(|v| !v.is_empty()) {
         Some(v) => {
-            let n: i64 = v.parse().map_err(|_| {
-                format!(
-                    "strconv.ParseInt: parsing {}: invalid syntax",
-                    super::parser::go_quote(&v)
-                )
-            })?;
+            let n: i64 = v
+                .parse()
+                .map_err(|_| HealthcheckError::Retries { value: v.clone() })?;
             if n < 0 {
-                return Err(format!("--retries cannot be negative ({n})"));
+                return Err(HealthcheckError::NegativeRetries(n));
             }
             Some(n)
         }
@@ -1064,8 +1248,10 @@ fn parse_healthcheck(
 }
 
 /// Go's `time.ParseDuration` for non-negative values: `300ms`, `1.5h`, `2h45m`.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("time: invalid duration {}", super::parser::go_quote(s));
+pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
+    let bad = || DurationError::Invalid {
+        input: s.to_string(),
+    };
     if s == "0" {
         return Ok(Duration::ZERO);
     }
@@ -1094,17 +1280,15 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
             "m" => 60e9,
             "h" => 3600e9,
             "" => {
-                return Err(format!(
-                    "time: missing unit in duration {}",
-                    super::parser::go_quote(s)
-                ));
+                return Err(DurationError::MissingUnit {
+                    input: s.to_string(),
+                });
             }
             u => {
-                return Err(format!(
-                    "time: unknown unit {} in duration {}",
-                    super::parser::go_quote(u),
-                    super::parser::go_quote(s)
-                ));
+                return Err(DurationError::UnknownUnit {
+                    unit: u.to_string(),
+                    input: s.to_string(),
+                });
             }
         };
         rest = &rest[unit_len..];
@@ -1155,13 +1339,26 @@ mod tests {
     #[test]
     fn bad_flags() {
         assert_eq!(
-            one("COPY --nope a b").unwrap_err().message,
+            one("COPY --nope a b").unwrap_err().to_string(),
             "unknown flag: --nope"
         );
         assert_eq!(
-            one("FROM --platform x").unwrap_err().message,
+            one("FROM --platform x").unwrap_err().to_string(),
             "missing a value on flag: --platform"
         );
+    }
+
+    /// A mount whose CSV does not read keeps the CSV error as its cause.
+    #[test]
+    fn mount_csv_error_keeps_its_cause() {
+        use std::error::Error as _;
+        let err = parse_mount("type=cache,\"target=/x").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "failed to parse csv mounts: extraneous or missing \" in quoted-field: type=cache,\"target=/x"
+        );
+        let csv = err.source().unwrap().downcast_ref::<CsvError>().unwrap();
+        assert_eq!(csv.input, "type=cache,\"target=/x");
     }
 
     #[test]

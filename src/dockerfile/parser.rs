@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use thiserror::Error;
 
-use super::shell::Lexer;
+use super::shell::{Lexer, ShellError};
 
 /// BuildKit reads lines with Go's default `bufio.Scanner` buffer: a physical line of this many
 /// bytes or more (without its newline) is an error.
@@ -92,23 +92,82 @@ pub struct ParsedDockerfile {
     pub warnings: Vec<Warning>,
 }
 
-/// A parse failure, with the 1-based line range it concerns when there is one.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{message}")]
+/// A parse failure, with the 1-based line range it concerns when there is one. It reads as
+/// its [`kind`](Self::kind) (BuildKit's text) and has the kind's cause as its source.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ParseError {
-    pub message: String,
+    pub kind: ParseErrorKind,
     pub start_line: Option<usize>,
     pub end_line: Option<usize>,
 }
 
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.kind.fmt(f)
+    }
+}
+
+impl std::error::Error for ParseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.kind.source()
+    }
+}
+
 impl ParseError {
-    fn at(message: impl Into<String>, start: usize, end: usize) -> Self {
+    fn at(kind: impl Into<ParseErrorKind>, start: usize, end: usize) -> Self {
         ParseError {
-            message: message.into(),
+            kind: kind.into(),
             start_line: Some(start),
             end_line: Some(end.max(start)),
         }
     }
+}
+
+/// Why a Dockerfile could not be parsed. The texts are BuildKit's.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum ParseErrorKind {
+    #[error("only one {key} parser directive can be used")]
+    DuplicateDirective { key: String },
+    #[error("invalid escape token '{token}' does not match ` or \\")]
+    InvalidEscape { token: String },
+    /// An instruction's line could not be split into its arguments.
+    #[error(transparent)]
+    Line(#[from] LineError),
+    #[error("unterminated heredoc")]
+    UnterminatedHeredoc,
+    #[error("file with no instructions")]
+    NoInstructions,
+    #[error("dockerfile line greater than max allowed size of {max}")]
+    LineTooLong { max: usize },
+}
+
+/// Why one instruction line could not be split into its arguments.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum LineError {
+    /// ENV/LABEL in the old `KEY name value` form without a value.
+    #[error("{keyword} must have two arguments")]
+    NameValueArguments { keyword: &'static str },
+    /// ENV/LABEL in the `n=v` form with a word that has no `=`.
+    #[error("Syntax error - can't find = in {}. Must be of the form: name=value", go_quote(.word))]
+    MissingEquals { word: String },
+    /// A JSON array holding a non-string.
+    #[error("{}", ERR_NOT_STRING_ARRAY)]
+    NotStringArray,
+    #[error(transparent)]
+    Heredoc(#[from] HeredocError),
+}
+
+/// Why a heredoc marker (`<<EOF`) could not be read.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum HeredocError {
+    /// The delimiter word does not lex (an unterminated quote, …).
+    #[error(transparent)]
+    Lex(#[from] ShellError),
+    #[error("internal lexing of heredoc produced inconsistent results: {rest}")]
+    Inconsistent { rest: String },
 }
 
 /// BuildKit's message for a JSON array holding a non-string.
@@ -147,7 +206,7 @@ impl Directives {
         }
         if self.found.iter().any(|d| d.name == key) {
             return Err(ParseError::at(
-                format!("only one {key} parser directive can be used"),
+                ParseErrorKind::DuplicateDirective { key },
                 line_no,
                 line_no,
             ));
@@ -158,7 +217,9 @@ impl Directives {
                 "`" => '`',
                 other => {
                     return Err(ParseError::at(
-                        format!("invalid escape token '{other}' does not match ` or \\"),
+                        ParseErrorKind::InvalidEscape {
+                            token: other.to_string(),
+                        },
                         line_no,
                         line_no,
                     ));
@@ -383,7 +444,7 @@ pub fn parse(text: &str) -> Result<ParsedDockerfile, ParseError> {
 
         if child.can_contain_heredoc() && line.contains("<<") {
             let heredocs = heredocs_from_line(&line)
-                .map_err(|m| ParseError::at(m, start_line, current_line))?;
+                .map_err(|m| ParseError::at(LineError::from(m), start_line, current_line))?;
             for mut heredoc in heredocs {
                 let mut terminated = false;
                 for raw in lines.by_ref() {
@@ -400,7 +461,7 @@ pub fn parse(text: &str) -> Result<ParsedDockerfile, ParseError> {
                 }
                 if !terminated {
                     return Err(ParseError::at(
-                        "unterminated heredoc",
+                        ParseErrorKind::UnterminatedHeredoc,
                         start_line,
                         current_line,
                     ));
@@ -420,14 +481,13 @@ pub fn parse(text: &str) -> Result<ParsedDockerfile, ParseError> {
 
     if root.children.is_empty() {
         let line = current_line.max(1);
-        return Err(ParseError::at("file with no instructions", line, line));
+        return Err(ParseError::at(ParseErrorKind::NoInstructions, line, line));
     }
     if lines.too_long {
         return Err(ParseError::at(
-            format!(
-                "dockerfile line greater than max allowed size of {}",
-                MAX_LINE_LEN - 1
-            ),
+            ParseErrorKind::LineTooLong {
+                max: MAX_LINE_LEN - 1,
+            },
             current_line + 1,
             current_line + 1,
         ));
@@ -519,7 +579,7 @@ fn value_node(value: impl Into<String>) -> Node {
 }
 
 /// Splits a logical line into keyword, flags and arguments and runs the keyword's line parser.
-fn node_from_line(line: &str, escape: char) -> Result<Node, String> {
+fn node_from_line(line: &str, escape: char) -> Result<Node, LineError> {
     let parts = split_ws(line.trim(), Some(2));
     let cmd = parts[0];
     let (args, flags) = match parts.get(1) {
@@ -717,7 +777,7 @@ pub fn parse_words(rest: &str, escape: char) -> Vec<String> {
 }
 
 /// ENV and LABEL: `KEY name value` (old form) or `KEY n=v n2=v2` → (name, value, sep) triples.
-fn parse_name_val(rest: &str, key: &str, escape: char) -> Result<Vec<Node>, String> {
+fn parse_name_val(rest: &str, keyword: &'static str, escape: char) -> Result<Vec<Node>, LineError> {
     let words = parse_words(rest, escape);
     let Some(first) = words.first() else {
         return Ok(Vec::new());
@@ -725,7 +785,7 @@ fn parse_name_val(rest: &str, key: &str, escape: char) -> Result<Vec<Node>, Stri
     if !first.contains('=') {
         let parts = split_ws(rest, Some(2));
         if parts.len() < 2 {
-            return Err(format!("{key} must have two arguments"));
+            return Err(LineError::NameValueArguments { keyword });
         }
         return Ok(vec![
             value_node(parts[0]),
@@ -736,10 +796,7 @@ fn parse_name_val(rest: &str, key: &str, escape: char) -> Result<Vec<Node>, Stri
     let mut out = Vec::new();
     for word in &words {
         let Some((k, v)) = word.split_once('=') else {
-            return Err(format!(
-                "Syntax error - can't find = in {}. Must be of the form: name=value",
-                go_quote(word)
-            ));
+            return Err(LineError::MissingEquals { word: word.clone() });
         };
         out.extend([value_node(k), value_node(v), value_node("=")]);
     }
@@ -798,27 +855,27 @@ fn parse_json(rest: &str) -> Json {
     }
 }
 
-fn parse_maybe_json(rest: &str) -> Result<(Vec<Node>, bool), String> {
+fn parse_maybe_json(rest: &str) -> Result<(Vec<Node>, bool), LineError> {
     if rest.is_empty() {
         return Ok((Vec::new(), false));
     }
     match parse_json(rest) {
         Json::Strings(v) => Ok((v.into_iter().map(value_node).collect(), true)),
-        Json::NotStrings => Err(ERR_NOT_STRING_ARRAY.to_string()),
+        Json::NotStrings => Err(LineError::NotStringArray),
         Json::Invalid => Ok((vec![value_node(rest)], false)),
     }
 }
 
-fn parse_maybe_json_to_list(rest: &str) -> Result<(Vec<Node>, bool), String> {
+fn parse_maybe_json_to_list(rest: &str) -> Result<(Vec<Node>, bool), LineError> {
     match parse_json(rest) {
         Json::Strings(v) => Ok((v.into_iter().map(value_node).collect(), true)),
-        Json::NotStrings => Err(ERR_NOT_STRING_ARRAY.to_string()),
+        Json::NotStrings => Err(LineError::NotStringArray),
         Json::Invalid => Ok((parse_whitespace_delimited(rest), false)),
     }
 }
 
 /// HEALTHCHECK: the type word (`CMD`, `NONE`, …) then a RUN-like parse of the rest.
-fn parse_health_config(rest: &str) -> Result<(Vec<Node>, bool), String> {
+fn parse_health_config(rest: &str) -> Result<(Vec<Node>, bool), LineError> {
     let sep = rest.find(char::is_whitespace).unwrap_or(rest.len());
     if sep == 0 {
         return Ok((Vec::new(), false));
@@ -832,7 +889,7 @@ fn parse_health_config(rest: &str) -> Result<(Vec<Node>, bool), String> {
 }
 
 /// Finds the heredocs named on an instruction line (`<<EOF`, `<<-EOF`, `3<<"EOF"`, …).
-pub fn heredocs_from_line(line: &str) -> Result<Vec<Heredoc>, String> {
+pub fn heredocs_from_line(line: &str) -> Result<Vec<Heredoc>, HeredocError> {
     let lexer = Lexer {
         raw_quotes: true,
         raw_escapes: true,
@@ -851,7 +908,7 @@ pub fn heredocs_from_line(line: &str) -> Result<Vec<Heredoc>, String> {
 }
 
 /// Parses one word as a heredoc marker: `^(\d*)<<(-?)\s*([^<]*)$`. `Ok(None)` when it is none.
-pub fn parse_heredoc(word: &str) -> Result<Option<Heredoc>, String> {
+pub fn parse_heredoc(word: &str) -> Result<Option<Heredoc>, HeredocError> {
     let digits = word.len() - word.trim_start_matches(|c: char| c.is_ascii_digit()).len();
     let Some(after) = word[digits..].strip_prefix("<<") else {
         return Ok(None);
@@ -872,20 +929,16 @@ pub fn parse_heredoc(word: &str) -> Result<Option<Heredoc>, String> {
         ..Lexer::new('\\')
     };
     let empty = BTreeMap::<String, String>::new();
-    let words = lexer
-        .process_words(rest, &empty)
-        .map_err(|e| e.to_string())?;
+    let words = lexer.process_words(rest, &empty)?;
     if words.len() != 1 {
         return Ok(None);
     }
     lexer.raw_quotes = true;
-    let raw_words = lexer
-        .process_words(rest, &empty)
-        .map_err(|e| e.to_string())?;
+    let raw_words = lexer.process_words(rest, &empty)?;
     if raw_words.len() != words.len() {
-        return Err(format!(
-            "internal lexing of heredoc produced inconsistent results: {rest}"
-        ));
+        return Err(HeredocError::Inconsistent {
+            rest: rest.to_string(),
+        });
     }
     let quotes = |s: &str| s.chars().filter(|&c| c == '\'' || c == '"').count();
     let name = words.into_iter().next().unwrap_or_default();
@@ -999,7 +1052,7 @@ mod tests {
     #[test]
     fn unterminated_heredoc_names_lines() {
         let e = parse("FROM x\nRUN <<EOF\necho\n").unwrap_err();
-        assert_eq!(e.message, "unterminated heredoc");
+        assert_eq!(e.to_string(), "unterminated heredoc");
         assert_eq!(e.start_line, Some(2));
     }
 

@@ -166,7 +166,7 @@ pub fn envs_from_slice<S: AsRef<str>>(entries: &[S]) -> Vec<(String, String)> {
 
 /// Why a word could not be processed. The texts are BuildKit's; BuildKit additionally wraps
 /// them as `failed to process "<word>": <text>`.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum ShellError {
     /// `${` without its closing brace, e.g. `${FOO` or `${FOO:-x`.
     #[error("syntax error: missing '}}'")]
@@ -196,7 +196,11 @@ pub enum ShellError {
     Required { name: String, message: String },
     /// A `#`, `%` or `/` pattern that cannot be used, e.g. an escape other than `\*`, `\?`, `\\`.
     #[error("invalid pattern ({pattern}) in substitution: {reason}")]
-    InvalidPattern { pattern: String, reason: String },
+    InvalidPattern {
+        pattern: String,
+        #[source]
+        reason: PatternError,
+    },
     /// `${…}` forms nested deeper than [`MAX_NESTING`] levels (kiln's own limit).
     #[error("syntax error: substitutions nested deeper than {0} levels")]
     TooDeep(usize),
@@ -211,6 +215,18 @@ pub enum ShellError {
     /// limit).
     #[error("variables expand to more than {} in this build (kiln's limit)", show_size(.0))]
     TotalTooLarge(usize),
+}
+
+/// Why a `#`, `%` or `/` pattern cannot be turned into a matcher.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum PatternError {
+    /// An escape other than `\*`, `\?`, `\\`, `\}` or `\/` (U+FFFD for a `\` at the end).
+    #[error("invalid escape '\\{0}'")]
+    BadEscape(char),
+    /// The pattern's regular expression is too large (or otherwise refused by `regex`).
+    #[error(transparent)]
+    Regex(#[from] regex::Error),
 }
 
 impl ShellError {
@@ -830,7 +846,7 @@ fn is_digit(c: char) -> bool {
 /// characters (shortest first unless `greedy`), `?` any one character, `\*` `\?` `\\` are
 /// literal, `\}` and `\/` are `}` and `/`, and everything else — `[`…`]` included — is
 /// literal. The escape here is always `\`, whatever the Dockerfile's escape character is.
-fn pattern_regex(pattern: &str, greedy: bool, anchored: bool) -> Result<Regex, String> {
+fn pattern_regex(pattern: &str, greedy: bool, anchored: bool) -> Result<Regex, PatternError> {
     let mut chars = pattern.chars().peekable();
     // Go's text/scanner skips a byte-order mark at the very start.
     chars.next_if_eq(&'\u{FEFF}');
@@ -863,7 +879,7 @@ fn pattern_regex(pattern: &str, greedy: bool, anchored: bool) -> Result<Regex, S
                 match chars.next() {
                     Some(e @ ('*' | '?' | '\\')) => e,
                     other => {
-                        return Err(format!("invalid escape '\\{}'", other.unwrap_or(NO_RUNE)));
+                        return Err(PatternError::BadEscape(other.unwrap_or(NO_RUNE)));
                     }
                 }
             }
@@ -874,7 +890,7 @@ fn pattern_regex(pattern: &str, greedy: bool, anchored: bool) -> Result<Regex, S
     RegexBuilder::new(&re)
         .size_limit(PATTERN_SIZE_LIMIT)
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(PatternError::from)
 }
 
 /// `${X#pattern}`: drop the shortest (or longest) prefix of `value` matching `pattern`.

@@ -22,6 +22,8 @@ pub mod store;
 use std::io;
 use std::path::PathBuf;
 
+/// The layer compressions the exports take.
+pub use crate::layer::Compression;
 pub use config::{
     ContainerConfig, Healthcheck, History, ImageConfig, RootFs, canonical_json, format_rfc3339,
 };

@@ -9,32 +9,125 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::dockerfile::instructions::{Command, Dockerfile, parse_mount};
-use crate::dockerfile::shell::{Budget, Lexer};
+use crate::dockerfile::instructions::{
+    Command, Dockerfile, InstructionErrorKind, MountError, parse_mount,
+};
+use crate::dockerfile::parser::ParseErrorKind;
+use crate::dockerfile::shell::{Budget, Lexer, ShellError};
+use crate::platform::ParsePlatformError;
 
 pub use crate::platform::Platform;
-pub use scope::{Scope, predefined_args};
+pub use scope::{ExpandError, Scope, predefined_args};
 
-/// A planning error (BuildKit's wording where it has one), with the Dockerfile line.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{message}")]
+/// A planning error with the Dockerfile line when there is one. It reads as its
+/// [`kind`](Self::kind) and has the kind's cause as its source.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlanError {
-    pub message: String,
+    pub kind: PlanErrorKind,
     pub line: Option<usize>,
 }
 
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.kind.fmt(f)
+    }
+}
+
+impl std::error::Error for PlanError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.kind.source()
+    }
+}
+
 impl PlanError {
-    fn at(line: usize, message: impl Into<String>) -> Self {
+    fn at(line: usize, kind: impl Into<PlanErrorKind>) -> Self {
         PlanError {
-            message: message.into(),
+            kind: kind.into(),
             line: Some(line),
         }
     }
 
-    /// An error of one instruction, named as the build names it (`ARG A=$B: …`).
-    fn in_instruction(line: usize, original: &str, message: impl std::fmt::Display) -> Self {
-        Self::at(line, format!("{}: {message}", original.trim()))
+    fn file_wide(kind: impl Into<PlanErrorKind>) -> Self {
+        PlanError {
+            kind: kind.into(),
+            line: None,
+        }
     }
+
+    /// An error of one instruction, named as the build names it (`ARG A=$B: …`).
+    fn in_instruction(line: usize, original: &str, source: ExpandError) -> Self {
+        Self::at(
+            line,
+            PlanErrorKind::Expand {
+                instruction: original.trim().to_string(),
+                source,
+            },
+        )
+    }
+}
+
+/// Why a Dockerfile cannot be planned (BuildKit's wording where it has one).
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum PlanErrorKind {
+    #[error("the Dockerfile cannot be empty")]
+    Empty,
+    #[error(transparent)]
+    Parse(#[from] ParseErrorKind),
+    #[error(transparent)]
+    Instruction(#[from] InstructionErrorKind),
+    #[error("dockerfile contains no stages to build")]
+    NoStages,
+    /// `--platform` of the build.
+    #[error(transparent)]
+    Platform(#[from] ParsePlatformError),
+    #[error("target stage {target:?} could not be found{}", .suggestion.as_ref().map(|s| format!(" (did you mean {s}?)")).unwrap_or_default())]
+    Target {
+        target: String,
+        suggestion: Option<String>,
+    },
+    /// A word of `instruction` (as written) did not expand.
+    #[error("{instruction}: {source}")]
+    Expand {
+        instruction: String,
+        #[source]
+        source: ExpandError,
+    },
+    #[error("base name ({base}) should not be blank")]
+    BlankBase { base: String },
+    #[error("failed to process arguments for platform {platform}: {source}")]
+    PlatformExpand {
+        platform: String,
+        #[source]
+        source: ShellError,
+    },
+    #[error("empty platform value from expression {platform}")]
+    EmptyPlatform { platform: String },
+    #[error("failed to parse platform {platform}: {source}")]
+    StagePlatform {
+        platform: String,
+        #[source]
+        source: ParsePlatformError,
+    },
+    #[error(
+        "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround"
+    )]
+    FromExpansion,
+    #[error("invalid stage index {0}")]
+    StageIndex(i64),
+    #[error(
+        "cannot mount from stage {other:?} to {this:?}, stage needs to be defined before current command"
+    )]
+    MountFromLater { other: String, this: String },
+    #[error(
+        "cannot copy from stage {other:?}, it needs to be defined before current stage {this:?}"
+    )]
+    CopyFromLater { other: String, this: String },
+    #[error("circular dependency detected on stage: {stage}")]
+    Cycle { stage: String },
+    /// A RUN `--mount` that is invalid once expanded.
+    #[error(transparent)]
+    Mount(#[from] MountError),
 }
 
 /// What the caller decides: build args, target stage and target platform.
@@ -129,17 +222,14 @@ pub struct Graph {
 /// Reads a Dockerfile's text into stages, with BuildKit's errors for an empty file.
 pub fn load(text: &str) -> Result<Dockerfile, PlanError> {
     if text.is_empty() {
-        return Err(PlanError {
-            message: "the Dockerfile cannot be empty".into(),
-            line: None,
-        });
+        return Err(PlanError::file_wide(PlanErrorKind::Empty));
     }
     let parsed = crate::dockerfile::parse(text).map_err(|e| PlanError {
-        message: e.message,
+        kind: e.kind.into(),
         line: e.start_line,
     })?;
     crate::dockerfile::instructions::from_ast(&parsed)
-        .map_err(|e| PlanError::at(e.start_line, e.message))
+        .map_err(|e| PlanError::at(e.start_line, e.kind))
 }
 
 /// BuildKit's name for a stage in messages: its own name, else `stage-N`.
@@ -153,18 +243,12 @@ fn stage_label(df: &Dockerfile, index: usize) -> String {
 /// Plans a Dockerfile.
 pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
     if df.stages.is_empty() {
-        return Err(PlanError {
-            message: "dockerfile contains no stages to build".into(),
-            line: None,
-        });
+        return Err(PlanError::file_wide(PlanErrorKind::NoStages));
     }
     // BuildKit's spelling: arm64 without its default variant, `--platform` as written.
     let build_platform = Platform::host().without_default_variant();
     let target_platform = match &opts.platform {
-        Some(p) => Platform::parse_literal(p).map_err(|e| PlanError {
-            message: e.to_string(),
-            line: None,
-        })?,
+        Some(p) => Platform::parse_literal(p).map_err(PlanError::file_wide)?,
         None => build_platform.clone(),
     };
     let build_args: BTreeMap<String, String> = opts.build_args.iter().cloned().collect();
@@ -181,14 +265,10 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
     let target = match &opts.target {
         Some(t) => by_name(t).ok_or_else(|| {
             let names: Vec<&str> = df.stages.iter().filter_map(|s| s.name.as_deref()).collect();
-            let mut message = format!("target stage {t:?} could not be found");
-            if let Some(s) = crate::dockerfile::instructions::suggest(t, &names, false) {
-                message.push_str(&format!(" (did you mean {s}?)"));
-            }
-            PlanError {
-                message,
-                line: None,
-            }
+            PlanError::file_wide(PlanErrorKind::Target {
+                target: t.clone(),
+                suggestion: crate::dockerfile::instructions::suggest(t, &names, false),
+            })
         })?,
         None => df.stages.len() - 1,
     };
@@ -230,25 +310,40 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
         if expanded.is_empty() {
             return Err(PlanError::at(
                 line,
-                format!("base name ({}) should not be blank", st.base_name),
+                PlanErrorKind::BlankBase {
+                    base: st.base_name.clone(),
+                },
             ));
         }
         let platform = match &st.platform {
             Some(p) => {
-                let v = lexer.process_word_in(p, &global, &budget).map_err(|e| {
-                    PlanError::at(
-                        line,
-                        format!("failed to process arguments for platform {p}: {e}"),
-                    )
-                })?;
+                let v = lexer
+                    .process_word_in(p, &global, &budget)
+                    .map_err(|source| {
+                        PlanError::at(
+                            line,
+                            PlanErrorKind::PlatformExpand {
+                                platform: p.clone(),
+                                source,
+                            },
+                        )
+                    })?;
                 if v.is_empty() {
                     return Err(PlanError::at(
                         line,
-                        format!("empty platform value from expression {p}"),
+                        PlanErrorKind::EmptyPlatform {
+                            platform: p.clone(),
+                        },
                     ));
                 }
-                Platform::parse_literal(&v).map_err(|m| {
-                    PlanError::at(line, format!("failed to parse platform {v}: {m}"))
+                Platform::parse_literal(&v).map_err(|source| {
+                    PlanError::at(
+                        line,
+                        PlanErrorKind::StagePlatform {
+                            platform: v.clone(),
+                            source,
+                        },
+                    )
                 })?;
                 Some(v)
             }
@@ -303,10 +398,7 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
                     if let Some(from) = &c.from {
                         let empty = BTreeMap::<String, String>::new();
                         if lexer.process_word(from, &empty).ok().as_deref() != Some(from.as_str()) {
-                            return Err(PlanError::at(
-                                line,
-                                "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround",
-                            ));
+                            return Err(PlanError::at(line, PlanErrorKind::FromExpansion));
                         }
                         refs.push((from.clone(), EdgeCause::CopyFrom));
                     }
@@ -323,7 +415,7 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
             for (reference, cause) in refs {
                 let edge = match reference.parse::<i64>() {
                     Ok(n) if n < 0 || n as usize >= df.stages.len() => {
-                        return Err(PlanError::at(line, format!("invalid stage index {n}")));
+                        return Err(PlanError::at(line, PlanErrorKind::StageIndex(n)));
                     }
                     Ok(n) => Edge {
                         stage: index,
@@ -368,12 +460,8 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Graph, PlanError> {
                 return Err(PlanError::at(
                     e.line,
                     match e.cause {
-                        EdgeCause::RunMountFrom => format!(
-                            "cannot mount from stage {other:?} to {this:?}, stage needs to be defined before current command"
-                        ),
-                        _ => format!(
-                            "cannot copy from stage {other:?}, it needs to be defined before current stage {this:?}"
-                        ),
+                        EdgeCause::RunMountFrom => PlanErrorKind::MountFromLater { other, this },
+                        _ => PlanErrorKind::CopyFromLater { other, this },
                     },
                 ));
             }
@@ -423,8 +511,8 @@ fn check_stage_expansions(
     let mut scope = Scope::for_stage(global);
     for inst in &df.stages[index].commands {
         let line = inst.location.start_line;
-        let err = |m: String| PlanError::at(line, m);
-        let in_inst = |m: String| PlanError::in_instruction(line, &inst.original, m);
+        let err = |m: MountError| PlanError::at(line, m);
+        let in_inst = |m: ExpandError| PlanError::in_instruction(line, &inst.original, m);
         budget.next_instruction();
         match &inst.command {
             Command::Arg { args } => {
@@ -477,10 +565,9 @@ fn check_cycles(df: &Dockerfile, edges: &[Edge]) -> Result<(), PlanError> {
                     Mark::Active => {
                         return Err(PlanError::at(
                             line,
-                            format!(
-                                "circular dependency detected on stage: {}",
-                                stage_label(df, d)
-                            ),
+                            PlanErrorKind::Cycle {
+                                stage: stage_label(df, d),
+                            },
                         ));
                     }
                     Mark::New => {
@@ -534,4 +621,40 @@ fn order_from(target: usize, edges: &[Edge], n: usize) -> Vec<usize> {
         }
     }
     order
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// A planning error keeps the lexer's error as its cause, under BuildKit's text.
+    #[test]
+    fn expansion_error_keeps_its_cause() {
+        let df = load("FROM busybox\nARG A=${B:-x\n").unwrap();
+        let err = plan(&df, &PlanOptions::default()).unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert_eq!(
+            err.to_string(),
+            "ARG A=${B:-x: failed to process \"${B:-x\": syntax error: missing '}'"
+        );
+        let expand = err.source().unwrap().downcast_ref::<ExpandError>().unwrap();
+        assert_eq!(expand.source, ShellError::MissingBrace);
+        assert_eq!(
+            crate::error_chain(&err),
+            err.to_string(),
+            "a cause already in the text is said once"
+        );
+    }
+
+    /// A RUN mount that is invalid once expanded is the mount module's error.
+    #[test]
+    fn mount_error_is_typed() {
+        let df = load("FROM busybox\nARG T=bogus\nRUN --mount=type=$T true\n").unwrap();
+        let err = plan(&df, &PlanOptions::default()).unwrap_err();
+        assert_eq!(err.line, Some(3));
+        assert_eq!(err.kind, MountError::Type("bogus".into()).into());
+        assert_eq!(err.to_string(), "unsupported mount type \"bogus\"");
+    }
 }

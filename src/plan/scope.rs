@@ -6,8 +6,17 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::dockerfile::instructions::{ArgDecl, KeyValue};
-use crate::dockerfile::shell::{Budget, Env, Lexer};
+use crate::dockerfile::shell::{Budget, Env, Lexer, ShellError};
 use crate::platform::Platform;
+
+/// A word that could not be expanded: BuildKit's `failed to process "<word>": <why>`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("failed to process {word:?}: {source}")]
+pub struct ExpandError {
+    pub word: String,
+    #[source]
+    pub source: ShellError,
+}
 
 /// The ARGs BuildKit defines without a declaration: visible to FROM lines, and inside a stage
 /// once declared with `ARG NAME` (no default needed).
@@ -135,10 +144,18 @@ impl Scope {
 
     /// Expands one word (no word splitting) in this scope, within `budget`. Errors read
     /// `failed to process "<word>": <why>`, as BuildKit's.
-    pub fn expand(&self, lexer: &Lexer, budget: &Budget, word: &str) -> Result<String, String> {
+    pub fn expand(
+        &self,
+        lexer: &Lexer,
+        budget: &Budget,
+        word: &str,
+    ) -> Result<String, ExpandError> {
         lexer
             .process_word_in(word, self, budget)
-            .map_err(|e| format!("failed to process {word:?}: {e}"))
+            .map_err(|source| ExpandError {
+                word: word.to_string(),
+                source,
+            })
     }
 
     /// `ARG key[=default]`: a `--build-arg` wins, then the default (expanded here), then — in
@@ -149,7 +166,7 @@ impl Scope {
         budget: &Budget,
         decl: &ArgDecl,
         build_args: &BTreeMap<String, String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ExpandError> {
         let value = if let Some(v) = build_args.get(&decl.key) {
             Some(v.clone())
         } else if let Some(d) = &decl.value {
@@ -165,7 +182,12 @@ impl Scope {
     }
 
     /// `ENV key=value`, the value expanded in this scope first.
-    pub fn set_env(&mut self, lexer: &Lexer, budget: &Budget, kv: &KeyValue) -> Result<(), String> {
+    pub fn set_env(
+        &mut self,
+        lexer: &Lexer,
+        budget: &Budget,
+        kv: &KeyValue,
+    ) -> Result<(), ExpandError> {
         let value = self.expand(lexer, budget, &kv.value)?;
         self.assign_env(&kv.key, &value);
         Ok(())
