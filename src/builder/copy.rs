@@ -162,6 +162,13 @@ pub enum CopyError {
     /// A URL that could not be downloaded.
     #[error("failed to download {url}: {reason}")]
     Download { url: String, reason: String },
+    /// A URL whose request or body failed (its cause kept).
+    #[error("failed to download {url}")]
+    DownloadFailed {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A directory would have to be created or merged where a non-directory is.
     #[error("cannot copy to non-directory: {0}")]
     NotADirectory(String),
@@ -185,6 +192,13 @@ pub enum CopyError {
     /// A tar archive that cannot be extracted.
     #[error("{name}: {reason}")]
     Archive { name: String, reason: String },
+    /// A tar archive that cannot be read (its cause kept).
+    #[error("{name}")]
+    ArchiveRead {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
     /// A name starting with `.wh.`: it would be read as an OCI whiteout.
     #[error(
         "{0}: names starting with .wh. are OCI whiteouts and cannot be stored in an image layer"
@@ -1401,12 +1415,15 @@ fn extract(
         name: display.to_string(),
         reason,
     };
-    let stream = decompressed(open().map_err(|e| arch_err(e.to_string()))?)
-        .map_err(|e| arch_err(e.to_string()))?;
+    let read_err = |source: io::Error| CopyError::ArchiveRead {
+        name: display.to_string(),
+        source,
+    };
+    let stream = decompressed(open().map_err(read_err)?).map_err(read_err)?;
     let mut ar = tar::Archive::new(stream);
     let implied = implied_dir_meta(set);
-    for entry in ar.entries().map_err(|e| arch_err(e.to_string()))? {
-        let mut entry = entry.map_err(|e| arch_err(e.to_string()))?;
+    for entry in ar.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
         let et = entry.header().entry_type();
         if et.is_pax_global_extensions()
             || et.is_pax_local_extensions()
@@ -1577,7 +1594,11 @@ fn download(url: &str) -> Result<(Vec<u8>, Option<i64>), CopyError> {
         .http_status_as_error(false)
         .build()
         .into();
-    let resp = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| CopyError::DownloadFailed {
+        url: url.to_string(),
+        source,
+    };
+    let resp = agent.get(url).call().map_err(|e| failed(Box::new(e)))?;
     let status = resp.status();
     if !status.is_success() {
         return Err(fail(format!("invalid response status {}", status.as_u16())));
@@ -1591,7 +1612,7 @@ fn download(url: &str) -> Result<(Vec<u8>, Option<i64>), CopyError> {
     resp.into_body()
         .into_reader()
         .read_to_end(&mut body)
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| failed(Box::new(e)))?;
     Ok((body, mtime))
 }
 

@@ -217,7 +217,7 @@ impl<'a> Shared<'a> {
                     let e = BuildError::step(&step.loc, source);
                     self.progress.event(&Event::StepFailed {
                         id: step.id.number,
-                        error: e.to_string(),
+                        error: crate::error_chain(&e),
                     });
                     return Err(e);
                 }
