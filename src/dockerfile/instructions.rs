@@ -272,17 +272,29 @@ pub struct AddCommand {
 pub struct Mount {
     /// bind | cache | tmpfs | secret | ssh
     pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sharing: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gid: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
 }
 
