@@ -21,7 +21,7 @@ use super::config::{self, StageConfig};
 use super::step::{
     ConfigChange, CopyOp, Location, MkdirOp, Op, PIPES_DIR, RunOp, Script, Source, Step, StepId,
 };
-use super::{BaseError, BuildError, StepError, dockerfile_error};
+use super::{BaseError, BuildError, DockerfileError, StepError, TriggerError, dockerfile_error};
 
 /// A stage's steps, in order (the FROM step first).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -115,7 +115,7 @@ impl<'a> Lowering<'a> {
                         self.file,
                         self.text,
                         Some(stage.location.start_line),
-                        format!("stage {dep} must be built before it is used as a base"),
+                        DockerfileError::StageOrder(*dep),
                     )
                 })?;
                 (
@@ -129,12 +129,7 @@ impl<'a> Lowering<'a> {
             }
             Base::Image { reference } => {
                 let found = self.bases.config(reference).map_err(|e| {
-                    dockerfile_error(
-                        self.file,
-                        self.text,
-                        Some(stage.location.start_line),
-                        crate::error_chain(&e),
-                    )
+                    dockerfile_error(self.file, self.text, Some(stage.location.start_line), e)
                 })?;
                 let reference = reference.clone();
                 match found {
@@ -200,17 +195,20 @@ impl<'a> Lowering<'a> {
     }
 
     fn parse_trigger(&self, trigger: &str, line: usize) -> Result<Instruction, BuildError> {
-        let err = |message: String| {
+        let err = |source: TriggerError| {
             dockerfile_error(
                 self.file,
                 self.text,
                 Some(line),
-                format!("ONBUILD trigger {trigger:?}: {message}"),
+                DockerfileError::Trigger {
+                    trigger: trigger.to_string(),
+                    source,
+                },
             )
         };
-        let parsed = crate::dockerfile::parse(trigger).map_err(|e| err(e.to_string()))?;
+        let parsed = crate::dockerfile::parse(trigger).map_err(|e| err(e.into()))?;
         if parsed.ast.children.len() != 1 {
-            return Err(err("onbuild trigger should be a single expression".into()));
+            return Err(err(TriggerError::NotSingle));
         }
         match instructions::parse_instruction(&parsed.ast.children[0]) {
             Ok(Parsed::Command(mut c)) => {
@@ -218,8 +216,8 @@ impl<'a> Lowering<'a> {
                 c.location.end_line = line;
                 Ok(c)
             }
-            Ok(Parsed::Stage(_)) => Err(err("FROM isn't allowed as an ONBUILD trigger".into())),
-            Err(e) => Err(err(e.to_string())),
+            Ok(Parsed::Stage(_)) => Err(err(TriggerError::From)),
+            Err(e) => Err(err(e.into())),
         }
     }
 

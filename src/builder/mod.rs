@@ -112,12 +112,13 @@ pub enum BuildError {
     /// The Dockerfile as a whole (`line: None`: empty, no such `--target`…) or one line of it
     /// before any step runs; `instruction` is that line's text when the message does not
     /// already begin with it.
-    #[error("{file}{}: {message}", place(*line, instruction.as_deref()))]
+    #[error("{file}{}: {source}", place(*line, instruction.as_deref()))]
     Dockerfile {
         file: String,
         line: Option<usize>,
         instruction: Option<String>,
-        message: String,
+        #[source]
+        source: Box<DockerfileError>,
     },
     /// A step failed: where, and why (with its causes).
     #[error("{loc}: {source}")]
@@ -126,8 +127,14 @@ pub enum BuildError {
         #[source]
         source: Box<StepError>,
     },
-    #[error("reading the build context {}: {message}", path.display())]
-    Context { path: PathBuf, message: String },
+    /// The build context cannot be read (its `.dockerignore`, named as `FILE:LINE` when one
+    /// line is at fault).
+    #[error("reading the build context {}: {source}", path.display())]
+    Context {
+        path: PathBuf,
+        #[source]
+        source: ContextReadError,
+    },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -223,6 +230,56 @@ fn output_tail(tail: &[String]) -> String {
     format!("\n--- last lines of its output ---\n{}", tail.join("\n"))
 }
 
+/// What is wrong with the Dockerfile before any step runs.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DockerfileError {
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+    /// A base image (FROM) cannot be read.
+    #[error(transparent)]
+    Base(#[from] BaseError),
+    #[error("stage {0} must be built before it is used as a base")]
+    StageOrder(usize),
+    #[error("ONBUILD trigger {trigger:?}: {source}")]
+    Trigger {
+        trigger: String,
+        #[source]
+        source: TriggerError,
+    },
+}
+
+/// Why an ONBUILD trigger of the base is not an instruction kiln can run.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TriggerError {
+    #[error(transparent)]
+    Parse(#[from] crate::dockerfile::ParseError),
+    #[error(transparent)]
+    Instruction(#[from] crate::dockerfile::instructions::InstructionError),
+    #[error("onbuild trigger should be a single expression")]
+    NotSingle,
+    #[error("FROM isn't allowed as an ONBUILD trigger")]
+    From,
+}
+
+/// Why the build context (its ignore rules) cannot be read.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ContextReadError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Filter(#[from] crate::context::ContextError),
+    /// One `.dockerignore` line's pattern is refused.
+    #[error("{pattern}: {source}")]
+    Pattern {
+        pattern: String,
+        #[source]
+        source: crate::context::IgnoreError,
+    },
+}
+
 /// `:LINE` and `: INSTRUCTION` for a [`BuildError::Dockerfile`], as far as they are known.
 fn place(line: Option<usize>, instruction: Option<&str>) -> String {
     match (line, instruction) {
@@ -233,8 +290,15 @@ fn place(line: Option<usize>, instruction: Option<&str>) -> String {
 }
 
 /// A [`BuildError::Dockerfile`] naming the instruction at `line` of `text` (its first physical
-/// line, trimmed and cut at 80 characters), unless `message` already starts with it.
-fn dockerfile_error(file: &str, text: &str, line: Option<usize>, message: String) -> BuildError {
+/// line, trimmed and cut at 80 characters), unless the message already starts with it.
+fn dockerfile_error(
+    file: &str,
+    text: &str,
+    line: Option<usize>,
+    source: impl Into<DockerfileError>,
+) -> BuildError {
+    let source = source.into();
+    let message = source.to_string();
     let instruction = line
         .and_then(|l| text.lines().nth(l.checked_sub(1)?))
         .map(|l| l.trim().trim_end_matches('\\').trim_end())
@@ -247,7 +311,7 @@ fn dockerfile_error(file: &str, text: &str, line: Option<usize>, message: String
         file: file.to_string(),
         line,
         instruction,
-        message,
+        source: Box::new(source),
     }
 }
 
@@ -305,7 +369,7 @@ fn plan_build(
     file: &str,
 ) -> Result<(crate::dockerfile::instructions::Dockerfile, Graph), BuildError> {
     let df = plan::load(&opts.dockerfile)
-        .map_err(|e| dockerfile_error(file, &opts.dockerfile, e.line, e.to_string()))?;
+        .map_err(|e| dockerfile_error(file, &opts.dockerfile, e.line, e))?;
     let mut build_args = opts.build_args.clone();
     if let Some(sde) = opts.source_date_epoch
         && !build_args.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH")
@@ -320,7 +384,7 @@ fn plan_build(
             platform: None,
         },
     )
-    .map_err(|e| dockerfile_error(file, &opts.dockerfile, e.line, e.to_string()))?;
+    .map_err(|e| dockerfile_error(file, &opts.dockerfile, e.line, e))?;
     Ok((df, graph))
 }
 
@@ -437,7 +501,7 @@ fn context_filter(opts: &BuildOptions) -> Result<ContextFilter, BuildError> {
             Err(e) => {
                 return Err(BuildError::Context {
                     path: c,
-                    message: e.to_string(),
+                    source: e.into(),
                 });
             }
         }
@@ -450,7 +514,7 @@ fn context_filter(opts: &BuildOptions) -> Result<ContextFilter, BuildError> {
         let Some((path, text)) = source else {
             return BuildError::Context {
                 path: opts.context.join(".dockerignore"),
-                message: e.to_string(),
+                source: e.into(),
             };
         };
         // Name the first line whose pattern is refused on its own: the matcher only says that
@@ -463,11 +527,14 @@ fn context_filter(opts: &BuildOptions) -> Result<ContextFilter, BuildError> {
         match bad {
             Some((line, pattern, err)) => BuildError::Context {
                 path: PathBuf::from(format!("{}:{line}", path.display())),
-                message: format!("{pattern}: {err}"),
+                source: ContextReadError::Pattern {
+                    pattern,
+                    source: err,
+                },
             },
             None => BuildError::Context {
                 path,
-                message: e.to_string(),
+                source: e.into(),
             },
         }
     })
