@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::StepError;
 use super::copy::{ExecUser, resolve_exec_user};
 use super::mounts::{self, MountContext};
-use super::scheduler::{Shared, StageState, StepResult};
+use super::scheduler::{Apply, Shared, StageState, StepResult};
 use super::step::{PIPES_DIR, RunOp, Step};
 use crate::exec::{ExitStatus, ExtraMount, Network, RunSpec, sandbox};
 use crate::layer::DiffOptions;
@@ -173,25 +173,11 @@ impl Shared<'_> {
         let started = Instant::now();
         let entries = self.fss.changes(&mut root, &report, skip)?;
         let diff_seconds = Some(started.elapsed().as_secs_f64());
-        if entries.is_empty() {
-            self.fss.remove(root)?;
-            self.empty_history(state, &step.created_by);
-            return Ok(StepResult {
-                diff_seconds,
-                ..StepResult::default()
-            });
-        }
-        let started = Instant::now();
-        let (written, desc) = self.store.put_layer(entries, &self.write_options())?;
-        let layer_seconds = Some(started.elapsed().as_secs_f64());
-        self.fss.commit(&mut state.fs, root, &written.diff_id)?;
-        self.record_layer(state, &written.diff_id, &desc, &step.created_by);
+        let result = self.commit_layer(state, entries, &step.created_by, Apply::Adopt(root))?;
         drop(scratch);
         Ok(StepResult {
-            layer: Some(desc),
-            diff_id: Some(written.diff_id),
             diff_seconds,
-            layer_seconds,
+            ..result
         })
     }
 }

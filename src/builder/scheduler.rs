@@ -26,13 +26,21 @@ use super::copy::{self, CopyRequest, CopySource};
 use super::lower::LoweredStage;
 use super::step::{CopyOp, MkdirOp, Op, Source, Step};
 use super::{BuildError, BuildOptions, StepError, StepRecord};
-use crate::snapshot::{Snapshotter, View};
+use crate::snapshot::{Active, Snapshotter, View};
 
 /// The state of one stage while it builds.
 pub(super) struct StageState {
     pub fs: View,
     pub config: StageConfig,
     pub layers: Vec<Descriptor>,
+}
+
+/// How a written layer becomes part of the stage's view.
+pub(super) enum Apply {
+    /// COPY/ADD/WORKDIR: the layer's snapshot is made from its blob and pushed on the view.
+    Push,
+    /// RUN: the directory the command wrote becomes the layer's snapshot.
+    Adopt(Active),
 }
 
 /// What a step produced, for its record and progress.
@@ -373,7 +381,7 @@ impl<'a> Shared<'a> {
         };
         let entries = copy::copy_entries(&req, self.fss.root(&state.fs)?)?;
         self.report_fs_warnings();
-        self.commit_layer(state, entries, created_by)
+        self.commit_layer(state, entries, created_by, Apply::Push)
     }
 
     /// WORKDIR creates its directory (owned by the current USER, as BuildKit's mkdir) when it
@@ -419,20 +427,37 @@ impl<'a> Shared<'a> {
         };
         let entries = copy::copy_entries(&req, self.fss.root(&state.fs)?)?;
         self.report_fs_warnings();
-        self.commit_layer(state, entries, created_by)
+        self.commit_layer(state, entries, created_by, Apply::Push)
     }
 
-    /// Writes `entries` as a layer blob, applies it to the stage and records it.
-    fn commit_layer(
+    /// The one commit path of every step that changes the filesystem (COPY, ADD, WORKDIR,
+    /// RUN): write `entries` as a layer blob, make the layer part of the stage's view, record
+    /// it (descriptor, diffID, history). A RUN that changed nothing makes no layer.
+    ///
+    /// The view only needs the diffID (`Apply::Adopt`) or the blob (`Apply::Push`); the
+    /// history and the image need both. Compressing off the critical path ([9/9]) splits
+    /// `put_layer` here: the diffID is known when the tar is written, the blob later.
+    pub(super) fn commit_layer(
         &self,
         state: &mut StageState,
         entries: Vec<LayerEntry>,
         created_by: &str,
+        apply: Apply,
     ) -> Result<StepResult, StepError> {
+        if entries.is_empty()
+            && let Apply::Adopt(active) = apply
+        {
+            self.fss.remove(active)?;
+            self.empty_history(state, created_by);
+            return Ok(StepResult::default());
+        }
         let started = Instant::now();
         let (written, desc) = self.store.put_layer(entries, &self.write_options())?;
         let layer_seconds = started.elapsed().as_secs_f64();
-        self.fss.push(&mut state.fs, &desc, &written.diff_id)?;
+        match apply {
+            Apply::Push => self.fss.push(&mut state.fs, &desc, &written.diff_id)?,
+            Apply::Adopt(active) => self.fss.commit(&mut state.fs, active, &written.diff_id)?,
+        }
         self.report_fs_warnings();
         self.record_layer(state, &written.diff_id, &desc, created_by);
         Ok(StepResult {
