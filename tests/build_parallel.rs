@@ -170,3 +170,38 @@ fn parallel_and_serial_builds_give_the_same_digest() {
             .join("\n")
     );
 }
+
+/// A failing stage stops the others at their next step: stage `b` is in a RUN when `a` fails,
+/// finishes that RUN, and starts nothing after it (the build fails with `a`'s error).
+#[test]
+fn a_failure_stops_the_other_stages() {
+    let who = Runner::Root;
+    let Some(store) = runner_store(who, "a_failure_stops_the_other_stages") else {
+        return;
+    };
+    let ctx = runner_dir(who);
+    let marker = unique("after-failure");
+    let dockerfile = format!(
+        "FROM busybox AS a\n\
+         RUN sleep 0.5; exit 3\n\
+         FROM busybox AS b\n\
+         RUN sleep 3\n\
+         RUN echo {marker}\n\
+         FROM scratch\n\
+         COPY --from=a /bin/sh /a\n\
+         COPY --from=b /bin/sh /b\n"
+    );
+    let mut extra = two_at_once();
+    extra.extend(["--progress", "plain"]);
+    let b = try_build_as(who, store.path(), ctx.path(), &dockerfile, &extra, &[]);
+    let err = b.stderr();
+    assert!(!b.output.status.success(), "{err}");
+    assert!(err.contains(":2: RUN sleep 0.5; exit 3"), "{err}");
+    assert!(err.contains("exit code: 3"), "{err}");
+    // b's first RUN ran at the same time as a's (it started), its second never started.
+    assert!(err.contains("[b 2/3] RUN sleep 3"), "{err}");
+    assert!(
+        !err.contains(&marker),
+        "a step started after the failure:\n{err}"
+    );
+}

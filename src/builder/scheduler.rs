@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -72,6 +73,8 @@ pub(super) struct Shared<'a> {
     images: Mutex<BTreeMap<String, Arc<View>>>,
     records: Mutex<Vec<(usize, StepRecord)>>,
     warned_layers: Mutex<BTreeSet<String>>,
+    /// A stage failed: the others start no further step (a step already running finishes).
+    cancelled: AtomicBool,
 }
 
 /// What the workers built.
@@ -117,11 +120,12 @@ impl<'a> Shared<'a> {
             images: Mutex::new(BTreeMap::new()),
             records: Mutex::new(Vec::new()),
             warned_layers: Mutex::new(BTreeSet::new()),
+            cancelled: AtomicBool::new(false),
         }
     }
 
-    /// Runs every stage, at most `opts.jobs` at once. On a failure no new stage starts; the
-    /// running ones finish, and the first error is returned.
+    /// Runs every stage, at most `opts.jobs` at once. On a failure no new stage or step starts
+    /// (a step already running finishes), and the first error is returned.
     pub fn run_stages(self, stages: &[LoweredStage], graph: &Graph) -> Result<Built, BuildError> {
         let position: BTreeMap<usize, usize> = graph
             .build_order
@@ -153,7 +157,8 @@ impl<'a> Shared<'a> {
         let mut finished: BTreeSet<usize> = BTreeSet::new();
         let mut first_error: Option<BuildError> = None;
         std::thread::scope(|scope| {
-            let (tx, rx) = mpsc::channel::<(usize, Result<StageState, BuildError>)>();
+            // `Err(None)`: the stage stopped because another one failed.
+            let (tx, rx) = mpsc::channel::<(usize, Result<StageState, Option<BuildError>>)>();
             let mut running = 0usize;
             loop {
                 while running < jobs && first_error.is_none() {
@@ -187,9 +192,10 @@ impl<'a> Shared<'a> {
                         lock(&self.done).insert(index, Arc::new(Mutex::new(state)));
                         finished.insert(index);
                     }
-                    Err(e) => {
+                    Err(Some(e)) => {
                         first_error.get_or_insert(e);
                     }
+                    Err(None) => {}
                 }
             }
         });
@@ -209,9 +215,12 @@ impl<'a> Shared<'a> {
     }
 
     /// Runs one stage's steps in order.
-    fn run_stage(&self, stage: &LoweredStage) -> Result<StageState, BuildError> {
+    fn run_stage(&self, stage: &LoweredStage) -> Result<StageState, Option<BuildError>> {
         let mut state: Option<StageState> = None;
         for step in &stage.steps {
+            if self.cancelled.load(Ordering::SeqCst) {
+                return Err(None);
+            }
             let started = Instant::now();
             self.progress.event(&Event::StepStarted {
                 id: step.id.number,
@@ -227,7 +236,8 @@ impl<'a> Shared<'a> {
                         id: step.id.number,
                         error: crate::error_chain(&e),
                     });
-                    return Err(e);
+                    self.cancelled.store(true, Ordering::SeqCst);
+                    return Err(Some(e));
                 }
             }
         }
