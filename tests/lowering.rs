@@ -253,3 +253,18 @@ fn env_pairs_see_the_environment_before_their_instruction() {
         "{got}"
     );
 }
+
+/// A stage read that the planner did not order first (here a `from=` that only expansion
+/// reveals) fails at its step, whatever the number of jobs would have made of it.
+#[test]
+fn a_stage_read_before_it_is_built_fails_at_its_step() {
+    let scratch = tempfile::tempdir().unwrap();
+    let text = b"FROM scratch AS b\nARG O=from=c,target=/m\nRUN --mount=type=bind,$O cat /m/x\nFROM scratch AS c\nCOPY x /x\nFROM scratch\nCOPY --from=b /p /p\nCOPY --from=c /x /x\n";
+    let out = steps_as(Runner::Root, &scratch.path().join("none"), text, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("<stdin>:3: RUN --mount=type=bind,$O cat /m/x: stage \"c\" must be built before it is copied from"),
+        "{err}"
+    );
+}

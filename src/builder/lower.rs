@@ -463,7 +463,8 @@ impl<'a> Lowering<'a> {
     }
 
     /// A `--from` name: a stage by index or name (the last stage of that name), else an image.
-    fn source_named(&self, from: &str) -> Source {
+    /// A stage must come earlier in build order: that is what the scheduler waits for.
+    fn source_named(&self, from: &str) -> Result<Source, StepError> {
         let by_stage = match from.parse::<usize>() {
             Ok(i) => Some(i),
             Err(_) => self
@@ -473,13 +474,16 @@ impl<'a> Lowering<'a> {
                 .rposition(|s| s.name.as_deref() == Some(&from.to_lowercase())),
         };
         match by_stage {
-            Some(index) => Source::Stage {
+            Some(index) if self.finals.contains_key(&index) => Ok(Source::Stage {
                 index,
                 name: self.df.stages.get(index).and_then(|s| s.name.clone()),
-            },
-            None => Source::Image {
+            }),
+            Some(_) => Err(StepError::Source(format!(
+                "stage {from:?} must be built before it is copied from"
+            ))),
+            None => Ok(Source::Image {
                 reference: from.to_string(),
-            },
+            }),
         }
     }
 
@@ -509,7 +513,7 @@ impl<'a> Lowering<'a> {
         );
         let op = CopyOp {
             add: flags.add,
-            from: flags.from.map(|f| self.source_named(f)),
+            from: flags.from.map(|f| self.source_named(f)).transpose()?,
             sources,
             heredocs,
             dest,
@@ -574,7 +578,7 @@ impl<'a> Lowering<'a> {
                 mount.from = m.from.clone();
             }
             if let Some(from) = &mount.from {
-                mount_sources.insert(from.clone(), self.source_named(from));
+                mount_sources.insert(from.clone(), self.source_named(from)?);
             }
             mounts.push(mount);
         }

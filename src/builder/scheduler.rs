@@ -77,6 +77,41 @@ pub(super) struct Shared<'a> {
     cancelled: AtomicBool,
 }
 
+/// A worker's stack: copying a deep context tree recurses once per directory level.
+const WORKER_STACK: usize = 64 << 20;
+
+/// How a stage's worker ended.
+enum StageOutcome {
+    Built(Box<StageState>),
+    /// The step with this number failed.
+    Failed(usize, BuildError),
+    /// It started no further step because another stage failed (or the worker panicked).
+    Stopped,
+}
+
+/// A worker's answer to the scheduler. Sent exactly once: if the worker panics, dropping the
+/// reply sends `Stopped`, so the scheduler never waits for a worker that is gone.
+struct Reply {
+    tx: mpsc::Sender<(usize, StageOutcome)>,
+    stage: usize,
+    sent: bool,
+}
+
+impl Reply {
+    fn send(&mut self, outcome: StageOutcome) {
+        self.sent = true;
+        let _ = self.tx.send((self.stage, outcome));
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if !self.sent {
+            let _ = self.tx.send((self.stage, StageOutcome::Stopped));
+        }
+    }
+}
+
 /// What the workers built.
 pub(super) struct Built {
     stages: BTreeMap<usize, Arc<Mutex<StageState>>>,
@@ -155,10 +190,11 @@ impl<'a> Shared<'a> {
         let jobs = self.opts.jobs.max(1);
         let mut pending: Vec<usize> = (0..stages.len()).collect();
         let mut finished: BTreeSet<usize> = BTreeSet::new();
-        let mut first_error: Option<BuildError> = None;
+        // The failure with the lowest step number wins, so the error does not depend on which
+        // stage's failure arrived first (with --jobs 1 it is the first one in build order).
+        let mut first_error: Option<(usize, BuildError)> = None;
         std::thread::scope(|scope| {
-            // `Err(None)`: the stage stopped because another one failed.
-            let (tx, rx) = mpsc::channel::<(usize, Result<StageState, Option<BuildError>>)>();
+            let (tx, rx) = mpsc::channel::<(usize, StageOutcome)>();
             let mut running = 0usize;
             loop {
                 while running < jobs && first_error.is_none() {
@@ -169,37 +205,50 @@ impl<'a> Shared<'a> {
                         break;
                     };
                     let i = pending.remove(pos);
-                    let tx = tx.clone();
+                    let reply = Reply {
+                        tx: tx.clone(),
+                        stage: i,
+                        sent: false,
+                    };
                     let this = &self;
                     let stage = &stages[i];
                     running += 1;
                     std::thread::Builder::new()
                         .name(format!("kiln-{}", stage.label))
+                        // Copying a deep context tree recurses per directory level: give a
+                        // worker the stack the main thread has, and more.
+                        .stack_size(WORKER_STACK)
                         .spawn_scoped(scope, move || {
-                            let result = this.run_stage(stage);
-                            let _ = tx.send((i, result));
+                            let mut reply = reply;
+                            reply.send(this.run_stage(stage));
                         })
                         .expect("spawning a stage worker");
                 }
                 if running == 0 {
                     break;
                 }
-                let Ok((i, result)) = rx.recv() else { break };
+                let Ok((i, outcome)) = rx.recv() else { break };
                 running -= 1;
-                match result {
-                    Ok(state) => {
+                match outcome {
+                    StageOutcome::Built(state) => {
                         let index = stages[i].index;
-                        lock(&self.done).insert(index, Arc::new(Mutex::new(state)));
+                        lock(&self.done).insert(index, Arc::new(Mutex::new(*state)));
                         finished.insert(index);
                     }
-                    Err(Some(e)) => {
-                        first_error.get_or_insert(e);
+                    StageOutcome::Failed(number, e) => {
+                        if first_error.as_ref().is_none_or(|(n, _)| number < *n) {
+                            first_error = Some((number, e));
+                        }
                     }
-                    Err(None) => {}
+                    // Stopped by another stage's failure, or a worker that panicked: the
+                    // panic is raised again when the scope ends.
+                    StageOutcome::Stopped => {
+                        self.cancelled.store(true, Ordering::SeqCst);
+                    }
                 }
             }
         });
-        if let Some(e) = first_error {
+        if let Some((_, e)) = first_error {
             return Err(e);
         }
         let mut records = self.records.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -215,11 +264,11 @@ impl<'a> Shared<'a> {
     }
 
     /// Runs one stage's steps in order.
-    fn run_stage(&self, stage: &LoweredStage) -> Result<StageState, Option<BuildError>> {
+    fn run_stage(&self, stage: &LoweredStage) -> StageOutcome {
         let mut state: Option<StageState> = None;
         for step in &stage.steps {
             if self.cancelled.load(Ordering::SeqCst) {
-                return Err(None);
+                return StageOutcome::Stopped;
             }
             let started = Instant::now();
             self.progress.event(&Event::StepStarted {
@@ -237,11 +286,13 @@ impl<'a> Shared<'a> {
                         error: crate::error_chain(&e),
                     });
                     self.cancelled.store(true, Ordering::SeqCst);
-                    return Err(Some(e));
+                    return StageOutcome::Failed(step.id.number, e);
                 }
             }
         }
-        Ok(state.expect("every stage starts with its FROM step"))
+        StageOutcome::Built(Box::new(
+            state.expect("every stage starts with its FROM step"),
+        ))
     }
 
     fn finish_step(&self, step: &Step, started: Instant, result: StepResult) {
@@ -320,6 +371,7 @@ impl<'a> Shared<'a> {
             ))));
         }
         let fs = self.fss.view(&layers, &diff_ids)?;
+        self.report_fs_warnings();
         let (config, _triggers_already_lowered) = StageConfig::start(config);
         Ok(StageState { fs, config, layers })
     }
