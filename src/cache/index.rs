@@ -136,8 +136,7 @@ impl PrunePolicy {
         let Some(keep) = self.keep_storage else {
             return candidates.iter().map(|r| r.key).collect();
         };
-        candidates
-            .sort_by(|a, b| (a.last_used, a.created, a.key).cmp(&(b.last_used, b.created, b.key)));
+        candidates.sort_by_key(|r| (r.last_used, r.created, r.key));
         let mut total: u64 = records.iter().map(|r| r.bytes).sum();
         let mut out = Vec::new();
         for r in candidates {
