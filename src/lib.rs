@@ -22,6 +22,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     line
 }
+pub mod cache;
 pub mod context;
 pub mod dockerfile;
 pub mod exec;

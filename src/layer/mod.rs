@@ -98,7 +98,7 @@ pub use sniff::{SNIFF_LEN, Sniffed, Sniffing, decompress, sniff};
 pub use tree::{diff_trees, remove_tree_in_place, tree_bytes};
 pub use write::{
     Compression, LayerWriter, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD,
-    WriteOptions, WrittenLayer, compress_tar, write_layer,
+    WRITER_SCHEME_VERSION, WriteOptions, WrittenLayer, compress_tar, write_layer,
 };
 
 /// Errors of the layer module. Each names the entry (the path inside the layer) when there is one.

@@ -20,6 +20,12 @@ pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+
 /// OCI media type of a zstd-compressed layer.
 pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
+/// The version of the layer writer's byte output: bump it whenever the same entries and
+/// [`WriteOptions`] would give different bytes (tar header rules, entry order, a compressor
+/// library or its settings). The build cache puts it in every key, so layers cached by an older
+/// writer are not reused as if the new one had written them.
+pub const WRITER_SCHEME_VERSION: u32 = 1;
+
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Compression {
