@@ -573,7 +573,7 @@ fn enter_namespaces() -> Result<bool> {
 
 fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
     let single_id = enter_namespaces()?;
-    let secrets = host::parse_secrets(&args.secrets).map_err(|e| anyhow!("{e}"))?;
+    let secrets = host::parse_secrets(&args.secrets)?;
     // Check everything the user typed before doing any work.
     let outputs: Vec<Output> = args
         .outputs
@@ -846,13 +846,9 @@ fn debug_steps(args: StepsArgs, root: &Path) -> Result<()> {
         true => Some(Store::open(root)?),
         false => None,
     };
-    let steps = debug::steps(
-        &name,
-        &text,
-        parse_build_args(&args.build_args),
-        args.target,
-        store.as_ref(),
-    )?;
+    let build_args = parse_build_args(&args.build_args);
+    let sde = source_date_epoch(&build_args)?;
+    let steps = debug::steps(&name, &text, build_args, args.target, sde, store.as_ref())?;
     say(steps)?;
     Ok(())
 }

@@ -205,3 +205,39 @@ fn a_failure_stops_the_other_stages() {
         "a step started after the failure:\n{err}"
     );
 }
+
+/// A failing stage kills the command another stage is running: the build ends soon after the
+/// failure, not when the other command would have finished, and reports the real failure.
+#[test]
+fn a_failure_kills_the_other_stages_commands() {
+    let who = Runner::Root;
+    let Some(store) = runner_store(who, "a_failure_kills_the_other_stages_commands") else {
+        return;
+    };
+    let ctx = runner_dir(who);
+    let dockerfile = "FROM busybox AS a\n\
+         RUN sleep 1; exit 4\n\
+         FROM busybox AS b\n\
+         RUN sleep 60\n\
+         FROM scratch\n\
+         COPY --from=a /bin/sh /a\n\
+         COPY --from=b /bin/sh /b\n";
+    let started = std::time::Instant::now();
+    let b = try_build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        dockerfile,
+        &two_at_once(),
+        &[],
+    );
+    let took = started.elapsed();
+    let err = b.stderr();
+    assert!(!b.output.status.success(), "{err}");
+    assert!(err.contains(":2: RUN sleep 1; exit 4"), "{err}");
+    assert!(err.contains("exit code: 4"), "{err}");
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "the build waited {took:?} for the other stage's sleep 60"
+    );
+}

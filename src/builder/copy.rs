@@ -1454,7 +1454,10 @@ fn extract(
                 let mut data = Vec::new();
                 entry
                     .read_to_end(&mut data)
-                    .map_err(|e| arch_err(format!("{name}: {e}")))?;
+                    .map_err(|source| CopyError::ArchiveRead {
+                        name: format!("{display}: {name}"),
+                        source,
+                    })?;
                 EntryKind::File(FileSource::Bytes(Arc::from(data)))
             }
             T::Symlink => {

@@ -90,7 +90,8 @@ pub fn plan(
     Ok(serde_json::to_string_pretty(&graph)?)
 }
 
-/// The lowered steps of every stage the target needs, as pretty JSON: nothing runs. Bases are
+/// The lowered steps of every stage the target needs, as pretty JSON: nothing runs (with
+/// `SOURCE_DATE_EPOCH`, as a build under it sees it: the predefined ARG). Bases are
 /// read from `store` when given and found there; any other base is lowered against an empty
 /// config and its steps list what is `unresolved`.
 pub fn steps(
@@ -98,6 +99,7 @@ pub fn steps(
     text: &str,
     build_args: Vec<(String, String)>,
     target: Option<String>,
+    source_date_epoch: Option<i64>,
     store: Option<&crate::image::Store>,
 ) -> Result<String, DebugError> {
     let opts = super::BuildOptions {
@@ -108,7 +110,7 @@ pub fn steps(
         build_args,
         target,
         tags: Vec::new(),
-        source_date_epoch: None,
+        source_date_epoch,
         compression: crate::layer::Compression::gzip(),
         network: crate::exec::Network::Host,
         secrets: Default::default(),

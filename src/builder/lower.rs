@@ -597,7 +597,7 @@ impl<'a> Lowering<'a> {
         let op = RunOp {
             argv,
             script,
-            env: env.scope.run_env(&self.graph.build_args),
+            env: env.scope.vars(),
             user: env.config.user().to_string(),
             workdir: env.config.workdir(),
             mounts,

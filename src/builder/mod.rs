@@ -91,7 +91,7 @@ pub struct StepRecord {
     /// RUN: seconds spent reading the changes (the upperdir differ).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diff_seconds: Option<f64>,
-    /// RUN: seconds spent writing the layer blob (tar, digest, compression).
+    /// Seconds spent writing the layer blob (tar, digest, compression), for a step that wrote one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer_seconds: Option<f64>,
 }
@@ -182,12 +182,14 @@ pub enum StepError {
     #[error(transparent)]
     User(#[from] copy::UserError),
     /// The command could not be started.
-    #[error("running the step: {source}{hint}")]
-    Start {
+    #[error("running the step")]
+    Start(#[source] crate::exec::ExecError),
+    /// A heredoc script (`#!…`) could not be started: most likely its interpreter is missing.
+    #[error("running the step: is the interpreter of `{shebang}` in the image?")]
+    Interpreter {
+        shebang: String,
         #[source]
         source: crate::exec::ExecError,
-        /// e.g. which interpreter of a heredoc script is missing.
-        hint: String,
     },
     /// The command ran and failed.
     #[error(
@@ -330,9 +332,6 @@ pub fn build(
     progress.event(&Event::Notice {
         message: format!("snapshotter: {}", fss.kind()),
     });
-    let now = opts
-        .source_date_epoch
-        .unwrap_or_else(crate::image::config::now_unix);
     let shared = scheduler::Shared::new(
         store,
         &fss,
@@ -340,8 +339,9 @@ pub fn build(
         &filter,
         progress,
         bases.into_images(),
-        now,
+        &graph.build_args,
     );
+    let now = shared.now;
     let built = shared.run_stages(&lowered, &graph)?;
     let (config, layers) = built.image(graph.target);
     let mut config = config;
@@ -446,7 +446,7 @@ impl BaseConfigs for StoreBases<'_> {
                 images.insert(reference.to_string(), img);
                 Ok(Some(config))
             }
-            Err(_) if self.missing_is_unknown => Ok(None),
+            Err(BaseError::NotInStore { .. }) if self.missing_is_unknown => Ok(None),
             Err(e) => Err(e),
         }
     }

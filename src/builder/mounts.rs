@@ -103,6 +103,21 @@ pub enum MountError {
     /// A `--secret` value that cannot be used.
     #[error("--secret {flag}: {reason}")]
     SecretFlag { flag: String, reason: String },
+    /// A `--secret` value that is not valid CSV.
+    #[error("--secret {flag}")]
+    SecretCsv {
+        flag: String,
+        #[source]
+        source: crate::dockerfile::instructions::CsvError,
+    },
+    /// A `--secret` file that cannot be read.
+    #[error("--secret {flag}: cannot read {}", path.display())]
+    SecretFile {
+        flag: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The mount target is the root.
     #[error("invalid mount target {0:?}")]
     Target(String),
@@ -180,7 +195,10 @@ pub fn parse_secret_flag(s: &str) -> Result<(String, SecretSource), MountError> 
     let mut id = None;
     let mut src = None;
     let mut env = None;
-    for field in split_csv(s).map_err(|e| bad(e.to_string()))? {
+    for field in split_csv(s).map_err(|source| MountError::SecretCsv {
+        flag: s.to_string(),
+        source,
+    })? {
         let Some((key, value)) = field.split_once('=') else {
             return Err(bad(format!(
                 "invalid field '{field}' must be a key=value pair"
@@ -220,7 +238,11 @@ pub fn parse_secret_flag(s: &str) -> Result<(String, SecretSource), MountError> 
         return Err(bad(format!("invalid environment variable name {var:?}")));
     }
     if let SecretSource::File(p) = &source {
-        let md = fs::metadata(p).map_err(|e| bad(format!("cannot read {}: {e}", p.display())))?;
+        let md = fs::metadata(p).map_err(|source| MountError::SecretFile {
+            flag: s.to_string(),
+            path: p.to_path_buf(),
+            source,
+        })?;
         if !md.is_file() {
             return Err(bad(format!("{} is not a regular file", p.display())));
         }

@@ -104,6 +104,7 @@ impl Shared<'_> {
         let mut prepared = mounts::prepare(&r.mounts, &mount_cx, &from_roots)?;
 
         let mut env = r.env.clone();
+        env.extend(crate::plan::proxy_env(&r.env, self.build_args));
         if !env.iter().any(|(k, _)| k == "HOME") {
             env.push(("HOME".into(), user.home_or_default()));
         }
@@ -133,23 +134,22 @@ impl Shared<'_> {
                 id: step.id.number,
                 pending: [Vec::new(), Vec::new()],
             });
-            let report = sandbox::run(&spec, SinkHalf(&sink, 0), SinkHalf(&sink, 1));
+            let report = sandbox::spawn(&spec).and_then(|running| {
+                // Registered so a failure in another stage can kill it (and its pid namespace).
+                let _kill_on_cancel = self.running(step.id.number, running.killer());
+                running.wait(SinkHalf(&sink, 0), SinkHalf(&sink, 1))
+            });
             sink.borrow_mut().finish();
             report
         };
         let report = report.map_err(|e| {
             // A heredoc script that exists but cannot start names its `#!` line, not the file.
-            let hint = match (&e, &r.script) {
-                (crate::exec::ExecError::Exec { .. }, Some(script)) => script
-                    .body
-                    .lines()
-                    .next()
-                    .map(|l| format!(" (is the interpreter of `{l}` in the image?)")),
-                _ => None,
-            };
-            StepError::Start {
-                source: e,
-                hint: hint.unwrap_or_default(),
+            match (&e, &r.script) {
+                (crate::exec::ExecError::Exec { .. }, Some(script)) => StepError::Interpreter {
+                    shebang: script.body.lines().next().unwrap_or_default().to_string(),
+                    source: e,
+                },
+                _ => StepError::Start(e),
             }
         })?;
         let skip_paths = std::mem::take(&mut prepared.skip);

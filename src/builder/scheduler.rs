@@ -27,6 +27,7 @@ use super::copy::{self, CopyRequest, CopySource};
 use super::lower::LoweredStage;
 use super::step::{CopyOp, MkdirOp, Op, Source, Step};
 use super::{BuildError, BuildOptions, StepError, StepRecord};
+use crate::exec::sandbox::Killer;
 use crate::snapshot::{Active, Snapshotter, View};
 
 /// The state of one stage while it builds.
@@ -65,6 +66,8 @@ pub(super) struct Shared<'a> {
     pub progress: &'a dyn Progress,
     /// Timestamp for history entries and files kiln creates.
     pub now: i64,
+    /// The build's `--build-arg`s (RUN gets the undeclared proxy ones).
+    pub build_args: &'a BTreeMap<String, String>,
     /// Base images the lowering resolved, by reference.
     bases: BTreeMap<String, StoredImage>,
     /// Finished stages (for `FROM <stage>`, `COPY --from`, mounts `from=`).
@@ -73,8 +76,23 @@ pub(super) struct Shared<'a> {
     images: Mutex<BTreeMap<String, Arc<View>>>,
     records: Mutex<Vec<(usize, StepRecord)>>,
     warned_layers: Mutex<BTreeSet<String>>,
-    /// A stage failed: the others start no further step (a step already running finishes).
+    /// A stage failed: the others start no further step, and their running commands are
+    /// killed.
     cancelled: AtomicBool,
+    /// The commands running now, by step number.
+    running: Mutex<BTreeMap<usize, Killer>>,
+}
+
+/// Keeps a running command registered for cancellation; unregisters it when dropped.
+pub(super) struct RunningCommand<'s> {
+    running: &'s Mutex<BTreeMap<usize, Killer>>,
+    step: usize,
+}
+
+impl Drop for RunningCommand<'_> {
+    fn drop(&mut self) {
+        lock(self.running).remove(&self.step);
+    }
 }
 
 /// A worker's stack: copying a deep context tree recurses once per directory level.
@@ -141,8 +159,11 @@ impl<'a> Shared<'a> {
         filter: &'a ContextFilter,
         progress: &'a dyn Progress,
         bases: BTreeMap<String, StoredImage>,
-        now: i64,
+        build_args: &'a BTreeMap<String, String>,
     ) -> Self {
+        let now = opts
+            .source_date_epoch
+            .unwrap_or_else(crate::image::config::now_unix);
         Shared {
             store,
             fss,
@@ -150,12 +171,14 @@ impl<'a> Shared<'a> {
             filter,
             progress,
             now,
+            build_args,
             bases,
             done: Mutex::new(BTreeMap::new()),
             images: Mutex::new(BTreeMap::new()),
             records: Mutex::new(Vec::new()),
             warned_layers: Mutex::new(BTreeSet::new()),
             cancelled: AtomicBool::new(false),
+            running: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -190,8 +213,10 @@ impl<'a> Shared<'a> {
         let jobs = self.opts.jobs.max(1);
         let mut pending: Vec<usize> = (0..stages.len()).collect();
         let mut finished: BTreeSet<usize> = BTreeSet::new();
-        // The failure with the lowest step number wins, so the error does not depend on which
-        // stage's failure arrived first (with --jobs 1 it is the first one in build order).
+        // The first failure stops the build: the other stages start no further step and their
+        // commands are killed (their steps then end as `Stopped`). Two stages failing on their
+        // own at the same moment: the lower step number is reported. With --jobs 1 it is the
+        // first failure in build order, as before stages ran at once.
         let mut first_error: Option<(usize, BuildError)> = None;
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel::<(usize, StageOutcome)>();
@@ -285,7 +310,14 @@ impl<'a> Shared<'a> {
                         id: step.id.number,
                         error: crate::error_chain(&e),
                     });
-                    self.cancelled.store(true, Ordering::SeqCst);
+                    // A step that failed because the build was already failing (its command
+                    // was killed) is not the build's error.
+                    if self.cancelled.swap(true, Ordering::SeqCst) {
+                        return StageOutcome::Stopped;
+                    }
+                    for killer in lock(&self.running).values() {
+                        let _ = killer.kill();
+                    }
                     return StageOutcome::Failed(step.id.number, e);
                 }
             }
@@ -378,6 +410,20 @@ impl<'a> Shared<'a> {
 
     fn finished(&self, index: usize) -> Option<Arc<Mutex<StageState>>> {
         lock(&self.done).get(&index).cloned()
+    }
+
+    /// Registers a command that has started, so a failure elsewhere kills it; a build that is
+    /// already failing kills it at once.
+    pub(super) fn running(&self, step: usize, killer: Killer) -> RunningCommand<'_> {
+        let mut running = lock(&self.running);
+        if self.cancelled.load(Ordering::SeqCst) {
+            let _ = killer.kill();
+        }
+        running.insert(step, killer);
+        RunningCommand {
+            running: &self.running,
+            step,
+        }
     }
 
     /// The root of what a `--from` names: a finished stage's filesystem or an image's.

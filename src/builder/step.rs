@@ -159,8 +159,9 @@ pub struct RunOp {
     /// A heredoc that starts with `#!` runs as this file, mounted at `/dev/pipes/<name>`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub script: Option<Script>,
-    /// The environment the step sees: ENV and valued ARGs (HOME is added at execution when
-    /// missing, from the user's passwd entry).
+    /// The environment the step sees: ENV and valued ARGs. At execution HOME is added when
+    /// missing (from the user's passwd entry), and so are undeclared proxy build-args, which
+    /// are not part of the step (as in BuildKit, they do not change what a step is).
     pub env: Vec<(String, String)>,
     /// The USER at this point (empty: root); resolved to ids in the rootfs at execution.
     pub user: String,

@@ -17,7 +17,7 @@ use crate::dockerfile::shell::{Budget, Lexer, ShellError};
 use crate::platform::ParsePlatformError;
 
 pub use crate::platform::Platform;
-pub use scope::{ExpandError, Scope, predefined_args};
+pub use scope::{ExpandError, Scope, predefined_args, proxy_env};
 
 /// A planning error with the Dockerfile line when there is one. It reads as its
 /// [`kind`](Self::kind) and has the kind's cause as its source.

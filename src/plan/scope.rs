@@ -210,35 +210,51 @@ impl Scope {
     }
 
     /// The environment a RUN sees: the scope's variables (ENV and valued ARGs), plus
-    /// undeclared proxy variables from `--build-arg` (never persisted). As BuildKit's proxy
-    /// environment, a proxy build-arg is matched in any case and given to the command in both
-    /// (`--build-arg http_proxy=x` sets `HTTP_PROXY` and `http_proxy`).
+    /// undeclared proxy variables from `--build-arg` (never persisted; see [`proxy_env`]).
     pub fn run_env(&self, build_args: &BTreeMap<String, String>) -> Vec<(String, String)> {
-        let mut out = self.vars.entries.clone();
-        for upper in PROXY_ARGS
-            .iter()
-            .filter(|p| p.starts_with(char::is_uppercase))
-        {
-            let lower = upper.to_lowercase();
-            // An exact-case build-arg wins over one in the other case.
-            let value = build_args
-                .get(*upper)
-                .or_else(|| build_args.get(&lower))
-                .or_else(|| {
-                    build_args
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case(upper))
-                        .map(|(_, v)| v)
-                });
-            let Some(value) = value else { continue };
-            for name in [upper.to_string(), lower] {
-                if self.vars.get(&name).is_none() {
-                    out.push((name, value.clone()));
-                }
-            }
-        }
+        let mut out = self.vars();
+        out.extend(proxy_env(&out, build_args));
         out
     }
+
+    /// The scope's variables (ENV and valued ARGs), last assignment of each name winning.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        self.vars.entries.clone()
+    }
+}
+
+/// The undeclared proxy variables a RUN gets from `--build-arg`, beside `vars` (the step's own
+/// variables, which win). As BuildKit's proxy environment, a proxy build-arg is matched in any
+/// case and given to the command in both (`--build-arg http_proxy=x` sets `HTTP_PROXY` and
+/// `http_proxy`); they are not part of the step (nor, as in BuildKit, of its cache key).
+pub fn proxy_env(
+    vars: &[(String, String)],
+    build_args: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for upper in PROXY_ARGS
+        .iter()
+        .filter(|p| p.starts_with(char::is_uppercase))
+    {
+        let lower = upper.to_lowercase();
+        // An exact-case build-arg wins over one in the other case.
+        let value = build_args
+            .get(*upper)
+            .or_else(|| build_args.get(&lower))
+            .or_else(|| {
+                build_args
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(upper))
+                    .map(|(_, v)| v)
+            });
+        let Some(value) = value else { continue };
+        for name in [upper.to_string(), lower] {
+            if !vars.iter().any(|(k, _)| *k == name) {
+                out.push((name, value.clone()));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

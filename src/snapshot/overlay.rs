@@ -20,7 +20,7 @@ pub(super) fn ensure(
         .ensure_with_report(diff_id, || {
             store
                 .open_blob(desc.digest())
-                .map_err(|e| std::io::Error::other(e.to_string()))
+                .map_err(std::io::Error::other)
         })
         .map_err(|source| SnapshotError::Unpack {
             action: "unpacking",
