@@ -350,6 +350,31 @@ mod tests {
         m
     }
 
+    /// Times in the index's write second, or later, are racy; a nanosecond before it is not.
+    #[test]
+    fn racy_is_decided_in_whole_seconds() {
+        let mut index = Index::empty(IndexState::Loaded);
+        let key = |m: i64, c: i64| StatKey {
+            mtime_ns: m,
+            ctime_ns: c,
+            ..sample()[&b"a".to_vec()].key
+        };
+        assert!(
+            index.is_racy(&key(0, 0)),
+            "no write time: nothing is trusted"
+        );
+        index.written_sec = Some(100);
+        let s = 1_000_000_000;
+        assert!(!index.is_racy(&key(99 * s + 999_999_999, 99 * s)));
+        assert!(index.is_racy(&key(100 * s, 99 * s)), "same second, mtime");
+        assert!(index.is_racy(&key(100 * s + 500, 99 * s)));
+        assert!(
+            index.is_racy(&key(99 * s, 100 * s + 1)),
+            "same second, ctime"
+        );
+        assert!(index.is_racy(&key(99 * s, 101 * s)));
+    }
+
     #[test]
     fn round_trip() {
         let ctx = Path::new("/ctx");
