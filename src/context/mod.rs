@@ -6,11 +6,20 @@
 //! - [`walk`] / [`ContextFilter`] list the files BuildKit would send for a context directory
 //!   (tonistiigi/fsutil's filtered walk), and [`ContextFilter::is_excluded`] answers for one
 //!   path.
+//! - [`digest`]: content digests of selected context paths (for step keys), with a per-store
+//!   metadata index so a warm run stats files instead of reading them. Not wired into builds
+//!   yet.
 
+pub mod digest;
+mod digest_index;
 mod goregex;
 pub mod ignore;
 pub mod walk;
 
+pub use digest::{
+    ContextDigester, Digest, DigestError, DigestStats, FileChanges, FileDigest, IndexState,
+    RootDigest, SelectionDigest, diff_files, digest_paths,
+};
 pub use ignore::{
     IgnoreError, MatchInfo, MatchType, Pattern, PatternMatcher, matches, read_ignore_file,
 };

@@ -199,6 +199,21 @@ impl ContextFilter {
         Ok(false)
     }
 
+    /// Bytes that identify the patterns (polarity and cleaned text, in order): two filters with
+    /// the same fingerprint keep the same paths. Cached digests are keyed by it.
+    pub fn fingerprint(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (tag, matcher) in [(b'i', &self.include), (b'e', &self.exclude)] {
+            out.push(tag);
+            for p in matcher.iter().flat_map(|m| m.patterns()) {
+                out.push(if p.is_exclusion() { b'!' } else { b'=' });
+                out.extend_from_slice(&(p.as_str().len() as u32).to_be_bytes());
+                out.extend_from_slice(p.as_str().as_bytes());
+            }
+        }
+        out
+    }
+
     /// Walk `root` and return the kept entries in order.
     pub fn walk(&self, root: &Path) -> Result<Vec<WalkEntry>, ContextError> {
         let meta = fs::metadata(root).map_err(|source| ContextError::Io {
