@@ -17,14 +17,7 @@ use common::build::{
 };
 use common::host::{kiln_mounts, procs_with};
 
-/// A unique name for host paths and markers.
-fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("kiln-{tag}-{}-{nanos:x}", std::process::id())
-}
+use common::unique;
 
 /// A directory holding the context, the store and files "outside" both.
 struct Arena {

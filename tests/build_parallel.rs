@@ -20,14 +20,7 @@ mod common;
 
 use common::build::{Built, Runner, runner_dir, runner_store, try_build_as};
 
-/// A name no earlier run used: the cache id of one rendezvous.
-fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("kiln-{tag}-{}-{nanos:x}", std::process::id())
-}
+use common::unique;
 
 /// The flags that let two stages run at once: none where the default (the number of cores) is
 /// at least 2, else `--jobs 2` (on one core the default is serial, by contract).

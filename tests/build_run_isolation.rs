@@ -28,14 +28,7 @@ use common::host::{kiln_mounts, procs_left};
 
 const NOSUBID: Runner = Runner::User("kiln-nosubid");
 
-/// A unique name for host paths, markers and secrets.
-fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("kiln-{tag}-{}-{nanos:x}", std::process::id())
-}
+use common::unique;
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)

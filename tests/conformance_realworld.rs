@@ -8,13 +8,7 @@ fn realworld_dockerfiles_parse_and_plan() {
     let Some(dir) = common::conformance_dir("realworld_dockerfiles_parse_and_plan") else {
         return;
     };
-    let mut cases: Vec<_> = std::fs::read_dir(dir.join("realworld"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
-    assert_eq!(cases.len(), 281, "the corpus has 281 Dockerfiles");
+    let cases = common::realworld_cases(&dir);
     let mut failures = Vec::new();
     let (mut parsed, mut planned, mut rejected) = (0, 0, 0);
     for case in &cases {

@@ -61,13 +61,7 @@ fn lowering_is_stable_and_needs_nothing_on_the_realworld_corpus() {
     };
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path().join("no-store-here");
-    let mut cases: Vec<_> = std::fs::read_dir(dir.join("realworld"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
-    assert_eq!(cases.len(), 281, "the corpus has 281 Dockerfiles");
+    let cases = common::realworld_cases(&dir);
     let mut failures = Vec::new();
     let (mut lowered, mut rejected, mut steps) = (0, 0, 0);
     for case in &cases {

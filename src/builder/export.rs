@@ -79,14 +79,7 @@ pub fn rootfs_tar(
             }
         })?;
     let rootfs = tmp.path().join("rootfs");
-    let apply = ApplyOptions {
-        ownership: if single_id {
-            Ownership::BestEffort
-        } else {
-            Ownership::Auto
-        },
-        ..ApplyOptions::default()
-    };
+    let apply = ApplyOptions::for_namespace(single_id);
     apply_layers(store, img, &rootfs, &apply, warned)?;
     let entries = scan_dir(&rootfs, &ScanOptions::default())?;
     Ok(RootfsTar { entries, _dir: tmp })

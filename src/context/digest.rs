@@ -578,12 +578,12 @@ fn digested_xattr(name: &[u8]) -> bool {
 
 /// sha256 over the digested extended attributes, sorted by name (not following a symlink).
 fn xattr_digest(path: &Path) -> io::Result<[u8; 32]> {
-    let mut names = list_xattrs(path)?;
+    let mut names = crate::layer::list_xattrs(path)?;
     names.retain(|n| digested_xattr(n));
     names.sort_unstable();
     let mut h = Sha256::new();
     for name in names {
-        let Some(value) = get_xattr(path, &name)? else {
+        let Some(value) = crate::layer::get_xattr(path, OsStr::from_bytes(&name))? else {
             continue;
         };
         h.update((name.len() as u32).to_be_bytes());
@@ -592,45 +592,6 @@ fn xattr_digest(path: &Path) -> io::Result<[u8; 32]> {
         h.update(&value);
     }
     Ok(h.finalize().into())
-}
-
-fn list_xattrs(path: &Path) -> io::Result<Vec<Vec<u8>>> {
-    let mut buf = vec![0u8; 1024];
-    let n = loop {
-        match rustix::fs::llistxattr(path, &mut buf[..]) {
-            Ok(n) => break n,
-            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(rustix::io::Errno::RANGE) => {
-                let n = rustix::fs::llistxattr_query(path)?;
-                buf = vec![0u8; n.max(buf.len() * 2)];
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    Ok(buf[..n]
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect())
-}
-
-fn get_xattr(path: &Path, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
-    let name = OsStr::from_bytes(name);
-    let mut buf = vec![0u8; 256];
-    loop {
-        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(Some(buf));
-            }
-            Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::NOTSUP) => return Ok(None),
-            Err(rustix::io::Errno::RANGE) => {
-                let n = rustix::fs::lgetxattr_query(path, name)?;
-                buf = vec![0u8; n.max(buf.len() * 2)];
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 /// An entry's own digest: everything but its name and times.

@@ -84,6 +84,21 @@ pub struct ApplyOptions {
     pub removable: bool,
 }
 
+impl ApplyOptions {
+    /// The defaults for a process in a user namespace: with a single-id map other owners
+    /// cannot be set, so ownership is best effort there.
+    pub fn for_namespace(single_id: bool) -> ApplyOptions {
+        ApplyOptions {
+            ownership: if single_id {
+                Ownership::BestEffort
+            } else {
+                Ownership::Auto
+            },
+            ..ApplyOptions::default()
+        }
+    }
+}
+
 impl Default for ApplyOptions {
     fn default() -> Self {
         ApplyOptions {

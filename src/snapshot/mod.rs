@@ -34,7 +34,7 @@ use std::sync::Mutex;
 use crate::exec::mount::MountGuard;
 use crate::exec::{RootfsSpec, RunReport};
 use crate::image::{Descriptor, ImageError, Store};
-use crate::layer::{ApplyOptions, ApplyReport, DiffId, DiffOptions, LayerEntry, Ownership};
+use crate::layer::{ApplyOptions, ApplyReport, DiffId, DiffOptions, LayerEntry};
 
 pub use copy::{copy_tree, copy_tree_best_effort};
 pub use store::{Ensured, ScratchDir, SnapshotStore};
@@ -207,14 +207,7 @@ impl<'a> Snapshotter<'a> {
 
     /// The store's snapshotter on the implementation `kind`, without a probe (nor a sweep).
     pub fn with_kind(store: &'a Store, single_id: bool, kind: Kind) -> Result<Self, SnapshotError> {
-        let apply = ApplyOptions {
-            ownership: if single_id {
-                Ownership::BestEffort
-            } else {
-                Ownership::Auto
-            },
-            ..ApplyOptions::default()
-        };
+        let apply = ApplyOptions::for_namespace(single_id);
         let snapshots = SnapshotStore::new(store.root())?.with_apply_options(apply.clone());
         let empty = snapshots.root().join(".empty");
         match std::fs::create_dir(&empty) {

@@ -100,3 +100,24 @@ pub const REALWORLD_REJECTED: [(&str, &str); 9] = [
         "invalid field 'z' must be a key=value pair",
     ),
 ];
+
+/// A name no earlier run used (pid and clock): for host paths, markers, secrets, cache ids.
+pub fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("kiln-{tag}-{}-{nanos:x}", std::process::id())
+}
+
+/// The real-world corpus: one directory per Dockerfile, sorted.
+pub fn realworld_cases(conformance: &std::path::Path) -> Vec<PathBuf> {
+    let mut cases: Vec<_> = std::fs::read_dir(conformance.join("realworld"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert_eq!(cases.len(), 281, "the corpus has 281 Dockerfiles");
+    cases
+}
