@@ -13,7 +13,7 @@ use crate::dockerfile::instructions::{
     self, Command, CommandLine, Dockerfile, Instruction, Parsed, RunCommand, parse_mount,
 };
 use crate::dockerfile::parser::{chomp_heredoc_content, go_quote, parse_heredoc};
-use crate::dockerfile::shell::{Budget, Lexer};
+use crate::dockerfile::shell::{Budget, Env as _, Lexer};
 use crate::image::ImageConfig;
 use crate::plan::{Base, Graph, Scope};
 
@@ -308,6 +308,7 @@ impl<'a> Lowering<'a> {
             ),
             Command::Arg { args } => {
                 let mut shown = Vec::new();
+                let mut values = Vec::with_capacity(args.len());
                 for decl in args {
                     env.scope
                         .declare_arg(&self.lexer, &self.budget, decl, &self.graph.build_args)
@@ -316,9 +317,12 @@ impl<'a> Lowering<'a> {
                         Some(v) => shown.push(format!("{}={v}", decl.key)),
                         None => shown.push(decl.key.clone()),
                     }
+                    // The value later steps see (a --build-arg, the default, or the global one):
+                    // what makes two builds' ARG steps differ.
+                    values.push((decl.key.clone(), env.scope.lookup(&decl.key)));
                 }
                 let created_by = format!("ARG {}", shown.join(" "));
-                config(ConfigChange::Arg(shown), created_by)
+                config(ConfigChange::Arg(values), created_by)
             }
             Command::Workdir { path } => {
                 let path = self.expand(env, path)?;

@@ -1186,7 +1186,7 @@ mod tests {
             ("id=a,src=/", "not a regular file"),
             ("\"id=a", "quoted-field"),
         ] {
-            let e = parse_secret_flag(bad).unwrap_err().to_string();
+            let e = crate::error_chain(&parse_secret_flag(bad).unwrap_err());
             assert!(e.contains(msg), "{bad}: {e}");
             assert!(e.starts_with(&format!("--secret {bad}: ")), "{e}");
         }

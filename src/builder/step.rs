@@ -96,8 +96,8 @@ pub enum ConfigChange {
     Label(Vec<(String, String)>),
     Maintainer(String),
     /// ARG changes no config (its values reach later steps through their expansion); it is a
-    /// history entry.
-    Arg(Vec<String>),
+    /// history entry. Each name with the value later steps see (`None`: declared, no value).
+    Arg(Vec<(String, Option<String>)>),
     User(String),
     Expose(Vec<String>),
     Volume(Vec<String>),
