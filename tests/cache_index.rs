@@ -376,7 +376,7 @@ fn spawn_child(mode: &str, root: &Path, tag: char) -> Child {
 /// is set). `puts:TAG:ROOT`: 30 puts of the shared key and 30 of its own keys, then exit.
 /// `forever:TAG:ROOT`: puts of a 16 MiB record of the shared key until killed.
 #[test]
-#[ignore]
+#[ignore = "started by the concurrency tests as a second writer process"]
 fn child_writer() {
     let Ok(spec) = std::env::var("KILN_CACHE_CHILD") else {
         return;
