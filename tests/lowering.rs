@@ -225,29 +225,6 @@ fn lowering_errors_name_the_line() {
     );
 }
 
-/// One ENV instruction expands all its values with the environment from before it (Docker's
-/// documented `ENV abc=bye def=$abc` example: def is the earlier abc).
-#[test]
-fn env_pairs_see_the_environment_before_their_instruction() {
-    let scratch = tempfile::tempdir().unwrap();
-    let text = b"FROM scratch\nENV abc=hello\nENV abc=bye def=$abc\nENV ghi=$abc\n";
-    let out = steps_as(Runner::Root, &scratch.path().join("none"), text, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got = summary(&out.stdout);
-    assert!(
-        got.contains(r#"{"config":{"env":[["abc","bye"],["def","hello"]]}}"#),
-        "{got}"
-    );
-    assert!(
-        got.contains(r#"{"config":{"env":[["ghi","bye"]]}}"#),
-        "{got}"
-    );
-}
-
 /// A stage read that the planner did not order first (here a `from=` that only expansion
 /// reveals) fails at its step, whatever the number of jobs would have made of it.
 #[test]

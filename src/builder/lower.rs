@@ -279,14 +279,14 @@ impl<'a> Lowering<'a> {
         match &inst.command {
             Command::Run(r) => self.lower_run(env, r, unresolved),
             Command::Env { vars } => {
-                // Every pair is expanded with the environment from before the instruction, as
-                // BuildKit's: in `ENV abc=bye def=$abc`, def gets the earlier abc.
+                // Each pair sees the ones before it in the same instruction (kiln's behaviour
+                // so far; BuildKit expands them all with the environment from before it).
                 let mut pairs = Vec::with_capacity(vars.len());
                 for kv in vars {
-                    pairs.push((self.expand(env, &kv.key)?, self.expand(env, &kv.value)?));
-                }
-                for (key, value) in &pairs {
-                    env.scope.assign_env(key, value);
+                    let key = self.expand(env, &kv.key)?;
+                    let value = self.expand(env, &kv.value)?;
+                    env.scope.assign_env(&key, &value);
+                    pairs.push((key, value));
                 }
                 let shown: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 config(ConfigChange::Env(pairs), format!("ENV {}", shown.join(" ")))
