@@ -130,6 +130,22 @@ fn a_change_reaches_every_later_key_through_the_parent_and_no_earlier_one() {
     assert_eq!(d0.child(&s, &steps[1]).unwrap().key().unwrap(), before[1]);
 }
 
+/// `kiln --root STORE debug steps DOCKERFILE`, required to succeed, as JSON.
+fn debug_steps(store: &std::path::Path, dockerfile: &std::path::Path) -> Value {
+    let out = Command::new(kiln())
+        .args(["debug", "steps", "--root"])
+        .arg(store)
+        .arg(dockerfile)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The real lowering of a RUN step (`kiln debug steps`), edited in one argument: the diff names
 /// that argument first.
 #[test]
@@ -142,18 +158,7 @@ fn the_diff_names_the_first_differing_field_of_a_lowered_step() {
             format!("FROM scratch\nENV A=1\nRUN [\"/bin/sh\", \"-c\", \"{cmd}\"]\n"),
         )
         .unwrap();
-        let out = Command::new(kiln())
-            .args(["debug", "steps", "--root"])
-            .arg(t.path().join("store"))
-            .arg(&df)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = debug_steps(&t.path().join("store"), &df);
         json!({"op": v[0]["steps"][2]["op"].clone()})
     };
     let s = settings();
@@ -208,18 +213,7 @@ fn a_20000_step_env_chain_has_constant_size_documents() {
         text.push_str(&format!("ENV V{i}=value{i}\n"));
     }
     std::fs::write(&df, text).unwrap();
-    let out = Command::new(kiln())
-        .args(["debug", "steps", "--root"])
-        .arg(t.path().join("store"))
-        .arg(&df)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = debug_steps(&t.path().join("store"), &df);
     let steps = v[0]["steps"].as_array().unwrap();
     assert_eq!(steps.len(), N + 1);
 

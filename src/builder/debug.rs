@@ -102,21 +102,14 @@ pub fn steps(
     source_date_epoch: Option<i64>,
     store: Option<&crate::image::Store>,
 ) -> Result<String, DebugError> {
-    let opts = super::BuildOptions {
-        context: std::path::PathBuf::from("."),
-        dockerfile: text.to_string(),
-        dockerfile_name: name.to_string(),
-        dockerfile_path: None,
-        build_args,
-        target,
-        tags: Vec::new(),
+    let stages = super::lower_steps(
+        name,
+        text,
+        &build_args,
+        target.as_deref(),
         source_date_epoch,
-        compression: crate::layer::Compression::gzip(),
-        network: crate::exec::Network::Host,
-        secrets: Default::default(),
-        single_id: false,
-        jobs: 1,
-    };
-    let stages = super::lower_steps(&opts, store).map_err(Box::new)?;
+        store,
+    )
+    .map_err(Box::new)?;
     Ok(serde_json::to_string_pretty(&stages)?)
 }

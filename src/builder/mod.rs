@@ -323,10 +323,17 @@ pub fn build(
     opts: &BuildOptions,
     progress: &dyn Progress,
 ) -> Result<BuildOutcome, BuildError> {
-    let file = opts.dockerfile_name.clone();
-    let (df, graph) = plan_build(opts, &file)?;
-    let bases = StoreBases::new(store);
-    let lowered = Lowering::new(&df, &graph, &file, &opts.dockerfile, &bases).lower_all()?;
+    let file = &opts.dockerfile_name;
+    let text = &opts.dockerfile;
+    let (df, graph) = plan_build(
+        file,
+        text,
+        &opts.build_args,
+        opts.target.as_deref(),
+        opts.source_date_epoch,
+    )?;
+    let bases = StoreBases::new(store, false);
+    let lowered = Lowering::new(&df, &graph, file, text, &bases).lower_all()?;
     let filter = context_filter(opts)?;
     let fss = Snapshotter::new(store, opts.single_id)?;
     progress.event(&Event::Notice {
@@ -363,15 +370,18 @@ pub fn build(
     })
 }
 
-/// The Dockerfile parsed and planned (stage DAG, build order, ARG scopes).
+/// The Dockerfile parsed and planned (stage DAG, build order, ARG scopes); `SOURCE_DATE_EPOCH`
+/// is a build-arg unless one is given.
 fn plan_build(
-    opts: &BuildOptions,
     file: &str,
+    text: &str,
+    build_args: &[(String, String)],
+    target: Option<&str>,
+    source_date_epoch: Option<i64>,
 ) -> Result<(crate::dockerfile::instructions::Dockerfile, Graph), BuildError> {
-    let df = plan::load(&opts.dockerfile)
-        .map_err(|e| dockerfile_error(file, &opts.dockerfile, e.line, e))?;
-    let mut build_args = opts.build_args.clone();
-    if let Some(sde) = opts.source_date_epoch
+    let df = plan::load(text).map_err(|e| dockerfile_error(file, text, e.line, e))?;
+    let mut build_args = build_args.to_vec();
+    if let Some(sde) = source_date_epoch
         && !build_args.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH")
     {
         build_args.push(("SOURCE_DATE_EPOCH".into(), sde.to_string()));
@@ -380,35 +390,33 @@ fn plan_build(
         &df,
         &PlanOptions {
             build_args,
-            target: opts.target.clone(),
+            target: target.map(str::to_string),
             platform: None,
         },
     )
-    .map_err(|e| dockerfile_error(file, &opts.dockerfile, e.line, e))?;
+    .map_err(|e| dockerfile_error(file, text, e.line, e))?;
     Ok((df, graph))
 }
 
-/// The lowered steps of a Dockerfile, for `kiln debug steps`: base images are read from
-/// `store` when it is given and holds them; any other base is lowered against an empty config
-/// and its steps say which values are unresolved. Reads no file and needs no privilege.
+/// The lowered steps of the Dockerfile `text` (named `file` in errors), for `kiln debug steps`:
+/// base images are read from `store` when it is given and holds them; any other base is lowered
+/// against an empty config and its steps say which values are unresolved. Reads no file and
+/// needs no privilege.
 pub fn lower_steps(
-    opts: &BuildOptions,
+    file: &str,
+    text: &str,
+    build_args: &[(String, String)],
+    target: Option<&str>,
+    source_date_epoch: Option<i64>,
     store: Option<&Store>,
 ) -> Result<Vec<LoweredStage>, BuildError> {
-    let file = opts.dockerfile_name.clone();
-    let (df, graph) = plan_build(opts, &file)?;
+    let (df, graph) = plan_build(file, text, build_args, target, source_date_epoch)?;
     match store {
         Some(store) => {
-            let bases = StoreBases {
-                store,
-                images: Default::default(),
-                missing_is_unknown: true,
-            };
-            Lowering::new(&df, &graph, &file, &opts.dockerfile, &bases).lower_all()
+            let bases = StoreBases::new(store, true);
+            Lowering::new(&df, &graph, file, text, &bases).lower_all()
         }
-        None => {
-            Lowering::new(&df, &graph, &file, &opts.dockerfile, &lower::UnknownBases).lower_all()
-        }
+        None => Lowering::new(&df, &graph, file, text, &lower::UnknownBases).lower_all(),
     }
 }
 
@@ -421,11 +429,11 @@ struct StoreBases<'s> {
 }
 
 impl<'s> StoreBases<'s> {
-    fn new(store: &'s Store) -> Self {
+    fn new(store: &'s Store, missing_is_unknown: bool) -> Self {
         StoreBases {
             store,
             images: Default::default(),
-            missing_is_unknown: false,
+            missing_is_unknown,
         }
     }
 
