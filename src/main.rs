@@ -122,6 +122,9 @@ struct BuildArgs {
     /// The network RUN steps get: host (default) or none (loopback only).
     #[arg(long, value_enum, default_value_t = NetworkMode::Host)]
     network: NetworkMode,
+    /// Run every step, reusing no cached result (results are still recorded).
+    #[arg(long = "no-cache")]
+    no_cache: bool,
     /// How many stages run at once (default: the number of cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
@@ -624,6 +627,7 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
         secrets,
         single_id,
         jobs: args.jobs.map_or_else(default_jobs, usize::from),
+        no_cache: args.no_cache,
     };
     let progress: Box<dyn Progress> = match (args.quiet, args.progress) {
         (true, _) | (_, ProgressMode::Quiet) => Box::new(Quiet),

@@ -116,6 +116,7 @@ pub fn steps(
         secrets: Default::default(),
         single_id: false,
         jobs: 1,
+        no_cache: true,
     };
     let stages = super::lower_steps(&opts, store).map_err(Box::new)?;
     Ok(serde_json::to_string_pretty(&stages)?)

@@ -10,6 +10,7 @@
 //! `/etc/passwd` for `--chown`), the layer is written straight into a store blob and added to
 //! the stage. RUN runs in the sandbox on the same snapshots and the upperdir becomes the layer.
 
+pub mod cached;
 pub mod config;
 pub mod container;
 pub mod copy;
@@ -70,6 +71,8 @@ pub struct BuildOptions {
     pub single_id: bool,
     /// How many stages may run at once (at least 1).
     pub jobs: usize,
+    /// `--no-cache`: run every step (results are still recorded).
+    pub no_cache: bool,
 }
 
 /// One step of the build, for `--metadata-file` and the caller's summary.
@@ -213,6 +216,8 @@ pub enum StepError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 impl BuildError {

@@ -1,0 +1,212 @@
+//! The step cache at the scheduler's door: a step's key from its parent's key, its own lowered
+//! op and the digests of what it reads; a hit replays the recorded result without running
+//! anything; a miss runs the step and records its result.
+//!
+//! What a key covers: the op as lowered (a RUN's environment is left out: the ENV and ARG steps
+//! that set it are in the chain through the parent keys, and a base's ENV through its config
+//! digest), plus — for what a step reads beyond its stage — the content digest of the selected
+//! context paths (COPY/ADD, `RUN --mount=type=bind`), the final key of a stage read with
+//! `--from`, or an image's config digest. A step whose input cannot be digested (an ADD of a
+//! URL, a context path that does not exist) is not cached: it runs, and fails as it would.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::cache::{CacheKey, CacheRecord, CacheResult, KeyDocument, Parent};
+use crate::pathclean::clean_relative;
+
+use super::StepError;
+use super::scheduler::{Shared, StageState, StepResult};
+use super::step::{Op, Source, Step};
+
+/// A step's cache identity: its key document (and key), or why it has none.
+pub(super) struct StepKey {
+    pub document: KeyDocument,
+    pub key: CacheKey,
+    /// A key the index may be asked about: every step that makes or may make a layer.
+    pub cacheable: bool,
+}
+
+impl Shared<'_> {
+    /// The key of `step` on top of `parent` (`None` for a stage's FROM step).
+    pub(super) fn step_key(
+        &self,
+        step: &Step,
+        parent: Option<&CacheKey>,
+    ) -> Result<StepKey, StepError> {
+        let parent = match (&step.op, parent) {
+            (Op::Base(source), _) => self.base_parent(source)?,
+            (_, Some(p)) => Parent::Step(*p),
+            (_, None) => unreachable!("every stage starts with its FROM step"),
+        };
+        let mut op = serde_json::to_value(&step.op)
+            .map_err(|e| cache_error(crate::cache::CacheError::Document(e)))?;
+        if let Some(run) = op.get_mut("run").and_then(Value::as_object_mut) {
+            run.remove("env");
+        }
+        let (inputs, cacheable) = match &step.op {
+            Op::Base(_) | Op::Config(_) => (Value::Null, false),
+            Op::Mkdir(_) => (Value::Null, true),
+            Op::Copy(c) => match &c.from {
+                Some(source) => (json!({ "from": self.source_key(source)? }), true),
+                None if c.sources.iter().any(|s| is_url(s)) => (Value::Null, false),
+                None => match self.context_digest(&c.sources) {
+                    Some(d) => (json!({ "context": d }), true),
+                    None => (Value::Null, false),
+                },
+            },
+            Op::Run(r) => {
+                let mut mounts = Vec::new();
+                let mut cacheable = true;
+                for m in &r.mounts {
+                    let input = match (&m.kind[..], &m.from) {
+                        (_, Some(from)) => match r.mount_sources.get(from) {
+                            Some(source) => self.source_key(source)?,
+                            None => Value::Null,
+                        },
+                        ("bind", None) => {
+                            let src = m.source.clone().unwrap_or_else(|| ".".into());
+                            match self.context_digest(&[src]) {
+                                Some(d) => Value::String(d),
+                                None => {
+                                    cacheable = false;
+                                    Value::Null
+                                }
+                            }
+                        }
+                        _ => Value::Null,
+                    };
+                    mounts.push(input);
+                }
+                (json!({ "mounts": mounts }), cacheable)
+            }
+        };
+        let document = KeyDocument::new(&self.key_settings, parent, &json!({ "op": op }))
+            .and_then(|d| d.with_inputs(&inputs))
+            .map_err(cache_error)?;
+        let key = document.key().map_err(cache_error)?;
+        Ok(StepKey {
+            document,
+            key,
+            cacheable,
+        })
+    }
+
+    fn base_parent(&self, source: &Source) -> Result<Parent, StepError> {
+        Ok(match source {
+            Source::Scratch => Parent::Scratch,
+            Source::Image { reference } => match self.base_image(reference) {
+                Some(img) => Parent::Image(img.id().clone()),
+                None => Parent::Scratch,
+            },
+            Source::Stage { index, .. } => match self.final_key(*index) {
+                Some(k) => Parent::Step(k),
+                None => Parent::Scratch,
+            },
+        })
+    }
+
+    /// What a `--from` contributes to a key: a stage's final key, an image's config digest.
+    fn source_key(&self, source: &Source) -> Result<Value, StepError> {
+        Ok(match source {
+            Source::Scratch => Value::Null,
+            Source::Stage { index, .. } => match self.final_key(*index) {
+                Some(k) => json!({ "stage": k.to_string() }),
+                None => Value::Null,
+            },
+            Source::Image { reference } => {
+                let img = super::resolve_image(self.store, reference)?;
+                json!({ "image": img.id().to_string() })
+            }
+        })
+    }
+
+    /// The content digest of context sources (wildcards: the whole context, which is never a
+    /// wrong hit, only a broader miss). `None` when a source cannot be digested.
+    fn context_digest(&self, sources: &[String]) -> Option<String> {
+        let roots: Vec<PathBuf> = if sources
+            .iter()
+            .any(|s| s.contains(['*', '?', '[']) || s.contains('\\'))
+        {
+            vec![PathBuf::from(".")]
+        } else {
+            sources
+                .iter()
+                .map(|s| PathBuf::from(clean_relative(s).unwrap_or_else(|| ".".to_string())))
+                .collect()
+        };
+        let mut digester = self.digester.lock().unwrap_or_else(|e| e.into_inner());
+        let digester = digester.as_mut()?;
+        digester
+            .digest(self.filter, &roots, None)
+            .ok()
+            .map(|d| d.digest.to_string())
+    }
+
+    /// A hit: the recorded layers become the stage's, as if the step had run.
+    pub(super) fn replay(
+        &self,
+        state: &mut StageState,
+        step: &Step,
+        record: &CacheRecord,
+    ) -> Result<StepResult, StepError> {
+        if let Op::Mkdir(m) = &step.op {
+            state.config.set_workdir(&m.path);
+        }
+        let mut result = StepResult {
+            cached: true,
+            ..StepResult::default()
+        };
+        let layers = record.result.layers.iter().zip(&record.result.diff_ids);
+        if record.result.layers.is_empty() {
+            self.empty_history(state, &step.created_by);
+        }
+        for (desc, diff_id) in layers {
+            self.fss.push(&mut state.fs, desc, diff_id)?;
+            self.report_fs_warnings();
+            self.record_layer(state, diff_id, desc, &step.created_by);
+            result.layer = Some(desc.clone());
+            result.diff_id = Some(*diff_id);
+        }
+        Ok(result)
+    }
+
+    /// Whether every blob a record names is still in the store (a prune may have taken it).
+    pub(super) fn record_usable(&self, record: &CacheRecord) -> bool {
+        record.result.layers.len() == record.result.diff_ids.len()
+            && record
+                .result
+                .layers
+                .iter()
+                .all(|l| self.store.has_blob(l.digest()))
+    }
+
+    /// Records what a step that ran produced (best effort: a record that cannot be written
+    /// only costs a later miss).
+    pub(super) fn remember(&self, key: StepKey, result: &StepResult) {
+        let Some(index) = &self.cache else { return };
+        let record = CacheRecord::new(
+            key.document,
+            CacheResult {
+                layers: result.layer.iter().cloned().collect(),
+                diff_ids: result.diff_id.iter().copied().collect(),
+                config: Value::Null,
+            },
+            crate::image::config::now_unix(),
+        );
+        if let Err(e) = record.and_then(|r| index.put(&r)) {
+            self.progress.event(&crate::progress::Event::Notice {
+                message: format!("warning: {}", crate::error_chain(&e)),
+            });
+        }
+    }
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@")
+}
+
+fn cache_error(e: impl Into<crate::cache::CacheError>) -> StepError {
+    StepError::Cache(e.into())
+}
