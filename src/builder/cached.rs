@@ -79,8 +79,23 @@ impl Shared<'_> {
                     };
                     mounts.push(input);
                 }
-                (json!({ "mounts": mounts }), cacheable)
+                // The network a RUN without --network gets is the build's choice.
+                let network = match self.opts.network {
+                    crate::exec::Network::Host => "host",
+                    crate::exec::Network::None => "none",
+                };
+                (json!({ "mounts": mounts, "network": network }), cacheable)
             }
+        };
+        // In a single-id user namespace other owners are squashed: the same step makes other
+        // bytes than with a full id map.
+        let inputs = match (self.opts.single_id, inputs) {
+            (true, Value::Null) => json!({ "single_id": true }),
+            (true, Value::Object(mut m)) => {
+                m.insert("single_id".into(), Value::Bool(true));
+                Value::Object(m)
+            }
+            (_, inputs) => inputs,
         };
         let document = KeyDocument::new(&self.key_settings, parent, &json!({ "op": op }))
             .and_then(|d| d.with_inputs(&inputs))
@@ -98,12 +113,18 @@ impl Shared<'_> {
             Source::Scratch => Parent::Scratch,
             Source::Image { reference } => match self.base_image(reference) {
                 Some(img) => Parent::Image(img.id().clone()),
-                None => Parent::Scratch,
+                None => {
+                    return Err(StepError::Source(format!("image {reference} not resolved")));
+                }
             },
-            Source::Stage { index, .. } => match self.final_key(*index) {
-                Some(k) => Parent::Step(k),
-                None => Parent::Scratch,
-            },
+            Source::Stage { index, .. } => Parent::Step(self.stage_key(*index)?),
+        })
+    }
+
+    /// A built stage's last key: every stage a step reads is built before it.
+    fn stage_key(&self, index: usize) -> Result<CacheKey, StepError> {
+        self.final_key(index).ok_or_else(|| {
+            StepError::Source(format!("stage {index} must be built before it is used"))
         })
     }
 
@@ -111,10 +132,7 @@ impl Shared<'_> {
     fn source_key(&self, source: &Source) -> Result<Value, StepError> {
         Ok(match source {
             Source::Scratch => Value::Null,
-            Source::Stage { index, .. } => match self.final_key(*index) {
-                Some(k) => json!({ "stage": k.to_string() }),
-                None => Value::Null,
-            },
+            Source::Stage { index, .. } => json!({ "stage": self.stage_key(*index)?.to_string() }),
             Source::Image { reference } => {
                 let img = super::resolve_image(self.store, reference)?;
                 json!({ "image": img.id().to_string() })

@@ -1,0 +1,116 @@
+//! The step cache ([6/9], first part): a second build of an unchanged context runs no step
+//! that makes a layer and writes no new blob; `touch` keeps every hit; editing one file re-runs
+//! the COPY that selects it and what follows; `--no-cache` runs everything. As root and as the
+//! unprivileged user.
+
+mod common;
+
+use common::build::{Built, RUNNERS, Runner, build_as, runner_dir, runner_store};
+
+const DOCKERFILE: &str = "FROM busybox\n\
+    COPY a.txt /a.txt\n\
+    COPY src/ /src/\n\
+    RUN cat /src/main.txt > /built.txt\n\
+    RUN echo unrelated > /other.txt\n";
+
+/// `(instruction, cached)` of each step of `--metadata-file`.
+fn cached(b: &Built) -> Vec<(String, bool)> {
+    b.metadata["kiln.steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["instruction"].as_str().unwrap().to_string(),
+                s["cached"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn blobs(root: &std::path::Path) -> usize {
+    std::fs::read_dir(root.join("blobs/sha256"))
+        .unwrap()
+        .count()
+}
+
+fn write(ctx: &std::path::Path, rel: &str, text: &str) {
+    let p = ctx.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn hits_and_misses(who: Runner) {
+    let test = format!("step_cache_{}", who.label());
+    let Some(store) = runner_store(who, &test) else {
+        return;
+    };
+    let ctx = runner_dir(who);
+    write(ctx.path(), "a.txt", "a");
+    write(ctx.path(), "src/main.txt", "one");
+    write(ctx.path(), "src/lib.txt", "lib");
+    let sde = [("SOURCE_DATE_EPOCH", "1700000000")];
+    let first = build_as(who, store.path(), ctx.path(), DOCKERFILE, &[], &sde);
+    assert!(
+        cached(&first).iter().all(|(_, c)| !c),
+        "{:?}",
+        cached(&first)
+    );
+    let blobs_after_first = blobs(store.path());
+
+    // Unchanged, then every file touched: every step that makes a layer is reused.
+    let second = build_as(who, store.path(), ctx.path(), DOCKERFILE, &[], &sde);
+    let steps = cached(&second);
+    assert!(steps[1..].iter().all(|(_, c)| *c), "{steps:?}");
+    assert_eq!(
+        second.id, first.id,
+        "a fully cached build gives the same image"
+    );
+    assert_eq!(blobs(store.path()), blobs_after_first, "no new blob");
+    for f in ["a.txt", "src/main.txt", "src/lib.txt"] {
+        let p = ctx.path().join(f);
+        let t = std::fs::File::options().append(true).open(&p).unwrap();
+        t.set_modified(std::time::SystemTime::now()).unwrap();
+    }
+    let touched = build_as(who, store.path(), ctx.path(), DOCKERFILE, &[], &sde);
+    assert!(
+        cached(&touched)[1..].iter().all(|(_, c)| *c),
+        "{:?}",
+        cached(&touched)
+    );
+
+    // One file edited inside the copied directory: that COPY and what follows run again.
+    write(ctx.path(), "src/main.txt", "two");
+    let edited = build_as(who, store.path(), ctx.path(), DOCKERFILE, &[], &sde);
+    let steps: Vec<bool> = cached(&edited).iter().map(|(_, c)| *c).collect();
+    assert_eq!(
+        steps,
+        [false, true, false, false, false],
+        "{:?}",
+        cached(&edited)
+    );
+    assert_eq!(edited.read("built.txt"), "two");
+
+    // --no-cache runs every step again.
+    let forced = build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        DOCKERFILE,
+        &["--no-cache"],
+        &sde,
+    );
+    assert!(
+        cached(&forced).iter().all(|(_, c)| !c),
+        "{:?}",
+        cached(&forced)
+    );
+    assert_eq!(forced.id, edited.id);
+}
+
+#[test]
+fn step_cache_hits_and_misses() {
+    for who in RUNNERS {
+        hits_and_misses(who);
+    }
+}
