@@ -125,6 +125,9 @@ struct BuildArgs {
     /// Run every step, reusing no cached result (results are still recorded).
     #[arg(long = "no-cache")]
     no_cache: bool,
+    /// Say why each cache miss missed.
+    #[arg(long = "explain-cache")]
+    explain_cache: bool,
     /// How many stages run at once (default: the number of cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
@@ -628,6 +631,7 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
         single_id,
         jobs: args.jobs.map_or_else(default_jobs, usize::from),
         no_cache: args.no_cache,
+        explain_cache: args.explain_cache,
     };
     let progress: Box<dyn Progress> = match (args.quiet, args.progress) {
         (true, _) | (_, ProgressMode::Quiet) => Box::new(Quiet),

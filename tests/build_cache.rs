@@ -114,3 +114,78 @@ fn step_cache_hits_and_misses() {
         hits_and_misses(who);
     }
 }
+
+/// `--explain-cache` and the metadata file say why a step missed, and the build says how many
+/// steps it reused.
+#[test]
+fn misses_explain_themselves() {
+    let who = Runner::Root;
+    let Some(store) = runner_store(who, "misses_explain_themselves") else {
+        return;
+    };
+    let ctx = runner_dir(who);
+    write(ctx.path(), "a.txt", "a");
+    write(ctx.path(), "src/main.txt", "one");
+    let first = build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        DOCKERFILE,
+        &["--explain-cache"],
+        &[],
+    );
+    assert!(
+        first
+            .stderr()
+            .contains("cache miss: first build of this step"),
+        "{}",
+        first.stderr()
+    );
+    assert!(
+        first.stderr().contains("0/4 steps cached (0%)"),
+        "{}",
+        first.stderr()
+    );
+    write(ctx.path(), "src/main.txt", "two");
+    let edited = build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        DOCKERFILE,
+        &["--explain-cache"],
+        &[],
+    );
+    let err = edited.stderr();
+    assert!(
+        err.contains("cache miss: the context files it copies changed"),
+        "{err}"
+    );
+    assert!(err.contains("cache miss: an earlier step changed"), "{err}");
+    assert!(err.contains("1/4 steps cached (25%)"), "{err}");
+    let reasons: Vec<Option<String>> = edited.metadata["kiln.steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["reason"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(reasons[1], None, "the first COPY was reused");
+    assert_eq!(
+        reasons[2].as_deref(),
+        Some("the context files it copies changed")
+    );
+    let changed = DOCKERFILE.replace("echo unrelated", "echo changed");
+    let b = build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        &changed,
+        &["--explain-cache"],
+        &[],
+    );
+    assert!(
+        b.stderr()
+            .contains("cache miss: instruction changed: step.op.run.argv"),
+        "{}",
+        b.stderr()
+    );
+}

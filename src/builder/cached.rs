@@ -221,6 +221,76 @@ impl Shared<'_> {
     }
 }
 
+impl Shared<'_> {
+    /// Where the last key of this step's place is kept: the Dockerfile, the context directory,
+    /// the stage and the step's position in it. A later miss at the same place is explained
+    /// against that key's record.
+    fn lineage_path(&self, step: &Step) -> Option<PathBuf> {
+        let index = self.cache.as_ref()?;
+        let place = json!([
+            step.loc.file,
+            self.opts.context.to_string_lossy(),
+            step.stage,
+            step.id.index,
+        ]);
+        let id = CacheKey::of(place.to_string().as_bytes());
+        Some(index.records_dir().with_file_name("lineage").join(id.hex()))
+    }
+
+    /// Remembers `key` as the latest at this step's place (best effort).
+    pub(super) fn note_lineage(&self, step: &Step, key: &CacheKey) {
+        let Some(path) = self.lineage_path(step) else {
+            return;
+        };
+        let write = || -> std::io::Result<()> {
+            let dir = path.parent().expect("lineage files live in a directory");
+            std::fs::create_dir_all(dir)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            std::io::Write::write_all(&mut tmp, key.to_string().as_bytes())?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        };
+        let _ = write();
+    }
+
+    /// Why `key` missed: the first field it differs in from the last key at the same place.
+    pub(super) fn miss_reason(&self, step: &Step, key: &StepKey) -> String {
+        if self.opts.no_cache {
+            return "--no-cache".into();
+        }
+        let Some(index) = &self.cache else {
+            return "the cache index cannot be opened".into();
+        };
+        let previous = self
+            .lineage_path(step)
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|k| k.trim().parse::<CacheKey>().ok());
+        let Some(previous) = previous else {
+            return "first build of this step".into();
+        };
+        if previous == key.key {
+            return "its earlier result's layers are no longer in the store".into();
+        }
+        let Ok(Some(record)) = index.peek(&previous) else {
+            return "the earlier result is gone from the cache".into();
+        };
+        match crate::cache::first_difference(&record.document, &key.document) {
+            None => "the earlier result is gone from the cache".into(),
+            Some(change) if change.path.starts_with("parent") => "an earlier step changed".into(),
+            Some(change) if change.path.starts_with("inputs.context") => {
+                "the context files it copies changed".into()
+            }
+            Some(change) if change.path.starts_with("inputs.from") => {
+                "the stage or image it copies from changed".into()
+            }
+            Some(change) if change.path.starts_with("step.") => {
+                format!("instruction changed: {change}")
+            }
+            Some(change) => change.to_string(),
+        }
+    }
+}
+
 fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@")
 }

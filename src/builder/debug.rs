@@ -117,6 +117,7 @@ pub fn steps(
         single_id: false,
         jobs: 1,
         no_cache: true,
+        explain_cache: false,
     };
     let stages = super::lower_steps(&opts, store).map_err(Box::new)?;
     Ok(serde_json::to_string_pretty(&stages)?)

@@ -73,6 +73,8 @@ pub struct BuildOptions {
     pub jobs: usize,
     /// `--no-cache`: run every step (results are still recorded).
     pub no_cache: bool,
+    /// `--explain-cache`: say why each cache miss missed.
+    pub explain_cache: bool,
 }
 
 /// One step of the build, for `--metadata-file` and the caller's summary.
@@ -97,6 +99,12 @@ pub struct StepRecord {
     /// Seconds spent writing the layer blob (tar, digest, compression), for a step that wrote one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer_seconds: Option<f64>,
+    /// The step's cache key (`sha256:…`), for steps that make or may make a layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Why the step was not reused (a cacheable step that ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What a build produced.
@@ -348,6 +356,17 @@ pub fn build(
     );
     let now = shared.now;
     let built = shared.run_stages(&lowered, &graph)?;
+    // FROM and config-only steps make no layer and are not counted.
+    let cacheable = built.records.iter().filter(|r| r.key.is_some()).count();
+    let hits = built.records.iter().filter(|r| r.cached).count();
+    if cacheable > 0 {
+        progress.event(&Event::Notice {
+            message: format!(
+                "{hits}/{cacheable} steps cached ({:.0}%)",
+                100.0 * hits as f64 / cacheable as f64
+            ),
+        });
+    }
     let (config, layers) = built.image(graph.target);
     let mut config = config;
     config.created = Some(crate::image::config::format_rfc3339(now));

@@ -51,6 +51,10 @@ pub(super) enum Apply {
 pub(super) struct StepResult {
     /// The step was not run: its recorded result was reused.
     pub cached: bool,
+    /// The step's cache key (steps that make or may make a layer).
+    pub key: Option<String>,
+    /// Why a cacheable step was not reused.
+    pub miss: Option<String>,
     pub layer: Option<Descriptor>,
     pub diff_id: Option<DiffId>,
     /// RUN: seconds spent reading the changes.
@@ -386,6 +390,8 @@ impl<'a> Shared<'a> {
             diff_id: result.diff_id.map(|d| d.to_string()),
             diff_seconds: result.diff_seconds,
             layer_seconds: result.layer_seconds,
+            key: result.key,
+            reason: result.miss,
         };
         lock(&self.records).push((step.id.number, record));
     }
@@ -414,15 +420,30 @@ impl<'a> Shared<'a> {
             && let Ok(Some(record)) = index.get(&key.key)
             && self.record_usable(&record)
         {
-            return self.replay(state, step, &record);
+            self.note_lineage(step, &key.key);
+            let mut result = self.replay(state, step, &record)?;
+            result.key = Some(key.key.to_string());
+            return Ok(result);
         }
-        let result = match &step.op {
+        let miss = key.cacheable.then(|| self.miss_reason(step, &key));
+        if let Some(reason) = &miss
+            && self.opts.explain_cache
+        {
+            self.progress.event(&Event::StepLog {
+                id: step.id.number,
+                line: format!("cache miss: {reason}"),
+            });
+        }
+        let mut result = match &step.op {
             Op::Base(_) | Op::Config(_) => unreachable!("handled above"),
             Op::Mkdir(m) => self.mkdir(state, m, &step.created_by),
             Op::Copy(c) => self.copy(state, c, &step.created_by),
             Op::Run(r) => self.run(state, step, r),
         }?;
         if key.cacheable {
+            result.key = Some(key.key.to_string());
+            result.miss = miss;
+            self.note_lineage(step, &key.key);
             self.remember(key, &result);
         }
         Ok(result)
@@ -632,6 +653,8 @@ impl<'a> Shared<'a> {
         self.record_layer(state, &written.diff_id, &desc, created_by);
         Ok(StepResult {
             cached: false,
+            key: None,
+            miss: None,
             layer: Some(desc),
             diff_id: Some(written.diff_id),
             diff_seconds: None,
