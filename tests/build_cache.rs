@@ -189,3 +189,64 @@ fn misses_explain_themselves() {
         b.stderr()
     );
 }
+
+/// Cached steps survive `kiln prune` (their records are roots), `kiln cache ls` lists them,
+/// and `kiln cache prune --all` drops them: the next build runs every step again.
+#[test]
+fn cache_records_are_roots_until_pruned() {
+    let who = Runner::Root;
+    let Some(store) = runner_store(who, "cache_records_are_roots_until_pruned") else {
+        return;
+    };
+    let ctx = runner_dir(who);
+    write(ctx.path(), "a.txt", "a");
+    write(ctx.path(), "src/main.txt", "one");
+    build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        DOCKERFILE,
+        &["-t", "c:1"],
+        &[],
+    );
+    let kiln = |args: &[&str]| {
+        let out = common::build::kiln_as(who)
+            .arg("--root")
+            .arg(store.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed: serde_json::Value =
+        serde_json::from_str(&kiln(&["cache", "ls", "--format", "json"])).unwrap();
+    let kinds: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.len(), 4, "{listed}");
+    assert_eq!(kinds.iter().filter(|k| **k == "run").count(), 2);
+    assert!(kiln(&["cache", "du"]).starts_with("4 cached steps"));
+    // The image's name goes and the store is pruned: the cached layers stay.
+    kiln(&["rmi", "c:1"]);
+    kiln(&["prune"]);
+    let again = build_as(who, store.path(), ctx.path(), DOCKERFILE, &[], &[]);
+    assert!(
+        cached(&again)[1..].iter().all(|(_, c)| *c),
+        "{:?}",
+        cached(&again)
+    );
+    // Dropping the records frees the layers and the next build runs everything.
+    let out = kiln(&["cache", "prune", "--all"]);
+    assert!(out.starts_with("removed 4 cache records"), "{out}");
+    assert!(kiln(&["cache", "du"]).starts_with("0 cached steps"));
+    let cold = build_as(who, store.path(), ctx.path(), DOCKERFILE, &[], &[]);
+    assert!(cached(&cold).iter().all(|(_, c)| !c), "{:?}", cached(&cold));
+}

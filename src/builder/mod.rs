@@ -10,6 +10,7 @@
 //! `/etc/passwd` for `--chown`), the layer is written straight into a store blob and added to
 //! the stage. RUN runs in the sandbox on the same snapshots and the upperdir becomes the layer.
 
+pub mod cache_admin;
 pub mod cached;
 pub mod config;
 pub mod container;
