@@ -66,8 +66,11 @@ enum Commands {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Remove blobs no image refers to.
+    /// Remove blobs no image or cached step refers to.
     Prune,
+    /// The step cache: list, disk usage, prune.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Make a one-layer image from a rootfs tarball (.tar, .tar.gz, .tar.zst), like `docker import`.
     Import { rootfs: PathBuf, name: String },
     /// Load images from a docker-archive or OCI archive.
@@ -122,6 +125,12 @@ struct BuildArgs {
     /// The network RUN steps get: host (default) or none (loopback only).
     #[arg(long, value_enum, default_value_t = NetworkMode::Host)]
     network: NetworkMode,
+    /// Run every step, reusing no cached result (results are still recorded).
+    #[arg(long = "no-cache")]
+    no_cache: bool,
+    /// Say why each cache miss missed.
+    #[arg(long = "explain-cache")]
+    explain_cache: bool,
     /// How many stages run at once (default: the number of cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
@@ -135,6 +144,36 @@ enum ProgressMode {
     Auto,
     Plain,
     Quiet,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List the cached steps, most recently used first.
+    Ls {
+        /// `table` or `json`.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// How many cached steps, and the bytes of their layers.
+    Du,
+    /// Remove cached steps (by default all), then the layers nothing else uses.
+    Prune {
+        /// Remove every record.
+        #[arg(long)]
+        all: bool,
+        /// `until=DURATION` (e.g. 24h, 30m, 90s): remove records unused for that long.
+        #[arg(long, value_name = "until=DURATION")]
+        filter: Option<String>,
+        /// Remove least recently used records until the cache takes at most SIZE (e.g. 2GB).
+        #[arg(long = "keep-storage", value_name = "SIZE")]
+        keep_storage: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ListFormat {
+    Table,
     Json,
 }
 
@@ -289,6 +328,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", kiln::builder::prune::prune(&store)?);
             Ok(())
         }
+        Commands::Cache(cmd) => cmd_cache(&root, cmd),
         Commands::Import { rootfs, name } => {
             let store = Store::open(&root)?;
             let name = parse_ref(&name)?;
@@ -624,6 +664,8 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
         secrets,
         single_id,
         jobs: args.jobs.map_or_else(default_jobs, usize::from),
+        no_cache: args.no_cache,
+        explain_cache: args.explain_cache,
     };
     let progress: Box<dyn Progress> = match (args.quiet, args.progress) {
         (true, _) | (_, ProgressMode::Quiet) => Box::new(Quiet),
@@ -851,4 +893,98 @@ fn debug_steps(args: StepsArgs, root: &Path) -> Result<()> {
     let steps = debug::steps(&name, &text, build_args, args.target, sde, store.as_ref())?;
     say(steps)?;
     Ok(())
+}
+
+fn cmd_cache(root: &Path, cmd: CacheCommand) -> Result<()> {
+    use kiln::builder::cache_admin;
+    match cmd {
+        CacheCommand::Ls { format } => {
+            let store = Store::open(root)?;
+            let entries = cache_admin::list(&store)?;
+            match format {
+                ListFormat::Json => say(serde_json::to_string_pretty(&entries)?)?,
+                ListFormat::Table => {
+                    say(format!(
+                        "{:<19}  {:<5}  {:>6}  {:>10}  {:<20}  STEP",
+                        "KEY", "KIND", "LAYERS", "SIZE", "LAST USED"
+                    ))?;
+                    for e in &entries {
+                        say(format!(
+                            "{:<19}  {:<5}  {:>6}  {:>10}  {:<20}  {}",
+                            &e.key[..e.key.len().min(19)],
+                            e.kind,
+                            e.layers,
+                            e.bytes,
+                            kiln::image::config::format_rfc3339(e.last_used),
+                            e.step
+                        ))?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        CacheCommand::Du => {
+            let store = Store::open(root)?;
+            let (records, bytes) = cache_admin::usage(&store)?;
+            say(format!("{records} cached steps, {bytes} bytes of layers"))?;
+            Ok(())
+        }
+        CacheCommand::Prune {
+            all,
+            filter,
+            keep_storage,
+        } => {
+            let until = filter
+                .map(|f| {
+                    let d = f
+                        .strip_prefix("until=")
+                        .ok_or_else(|| anyhow!("--filter takes until=DURATION, not {f:?}"))?;
+                    parse_duration(d)
+                })
+                .transpose()?;
+            let keep = keep_storage.map(|s| parse_size(&s)).transpose()?;
+            // Snapshots made in a user namespace hold files of subordinate ids: remove them there.
+            enter_namespaces()?;
+            let store = Store::open(root)?;
+            let all = all || (until.is_none() && keep.is_none());
+            say(cache_admin::prune(&store, all, until, keep)?.to_string())?;
+            Ok(())
+        }
+    }
+}
+
+/// `90s`, `30m`, `24h`, `7d`.
+fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("invalid duration {s:?} (e.g. 90s, 30m, 24h, 7d)"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(anyhow!("invalid duration {s:?} (e.g. 90s, 30m, 24h, 7d)")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+/// `512`, `100KB`, `2GB` (decimal) or `1GiB` (binary).
+fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("invalid size {s:?} (e.g. 500MB, 2GB)"))?;
+    let mul: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1000,
+        "mb" | "m" => 1_000_000,
+        "gb" | "g" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return Err(anyhow!("invalid size {s:?} (e.g. 500MB, 2GB)")),
+    };
+    Ok(n * mul)
 }

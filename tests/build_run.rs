@@ -438,8 +438,8 @@ fn s48_builtin_proxy_args() {
             !env.iter().any(|e| e.to_lowercase().contains("proxy")),
             "{env:?}"
         );
-        // "Changing only the proxy values does not bust the cache" cannot be shown yet: kiln has
-        // no step cache (every build runs every step). Here: new proxy values reach the RUN.
+        // Changing only the proxy values does not bust the cache (as BuildKit: they are not
+        // part of the step), and with --no-cache the new values reach the RUN.
         let b = build_as(
             who,
             store,
@@ -452,6 +452,26 @@ fn s48_builtin_proxy_args() {
                 "http_proxy=hpvalue2",
                 "--build-arg",
                 "NO_PROXY=npvalue2",
+            ],
+            &[],
+        );
+        assert_eq!(
+            b.read("/out"),
+            "hpvalue::npvalue::foocontents::::bazcontent"
+        );
+        let b = build_as(
+            who,
+            store,
+            ctx,
+            df,
+            &[
+                "--build-arg",
+                "FOO=foocontents",
+                "--build-arg",
+                "http_proxy=hpvalue2",
+                "--build-arg",
+                "NO_PROXY=npvalue2",
+                "--no-cache",
             ],
             &[],
         );

@@ -10,6 +10,8 @@
 //! `/etc/passwd` for `--chown`), the layer is written straight into a store blob and added to
 //! the stage. RUN runs in the sandbox on the same snapshots and the upperdir becomes the layer.
 
+pub mod cache_admin;
+pub mod cached;
 pub mod config;
 pub mod container;
 pub mod copy;
@@ -70,6 +72,10 @@ pub struct BuildOptions {
     pub single_id: bool,
     /// How many stages may run at once (at least 1).
     pub jobs: usize,
+    /// `--no-cache`: run every step (results are still recorded).
+    pub no_cache: bool,
+    /// `--explain-cache`: say why each cache miss missed.
+    pub explain_cache: bool,
 }
 
 /// One step of the build, for `--metadata-file` and the caller's summary.
@@ -94,6 +100,12 @@ pub struct StepRecord {
     /// Seconds spent writing the layer blob (tar, digest, compression), for a step that wrote one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer_seconds: Option<f64>,
+    /// The step's cache key (`sha256:…`), for steps that make or may make a layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Why the step was not reused (a cacheable step that ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What a build produced.
@@ -213,6 +225,8 @@ pub enum StepError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 impl BuildError {
@@ -350,6 +364,17 @@ pub fn build(
     );
     let now = shared.now;
     let built = shared.run_stages(&lowered, &graph)?;
+    // FROM and config-only steps make no layer and are not counted.
+    let cacheable = built.records.iter().filter(|r| r.key.is_some()).count();
+    let hits = built.records.iter().filter(|r| r.cached).count();
+    if cacheable > 0 {
+        progress.event(&Event::Notice {
+            message: format!(
+                "{hits}/{cacheable} steps cached ({:.0}%)",
+                100.0 * hits as f64 / cacheable as f64
+            ),
+        });
+    }
     let (config, layers) = built.image(graph.target);
     let mut config = config;
     config.created = Some(crate::image::config::format_rfc3339(now));

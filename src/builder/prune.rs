@@ -1,5 +1,5 @@
-//! `kiln prune`: unreferenced blobs of the image store, unpacked layers (snapshots) no named
-//! image uses, and what killed processes left behind, under the store's exclusive lock.
+//! `kiln prune`: blobs of the image store that no image and no step-cache record references,
+//! unpacked layers (snapshots) no named image or cached step uses, and what killed processes left behind, under the store's exclusive lock.
 
 use std::fmt;
 
@@ -35,18 +35,24 @@ pub enum PruneError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Snapshot(#[from] LayerError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 /// Prunes the store. Snapshots made in a user namespace hold files of subordinate ids: call it
 /// after [`enter_namespaces`](super::host::enter_namespaces).
 pub fn prune(store: &Store) -> Result<PruneReport, PruneError> {
-    let images = store.prune()?;
-    // Unpacked layers of images that are still named stay; the rest is rebuilt on demand.
-    let keep: Vec<_> = store
+    // The step cache's records are roots: their layers stay (`kiln cache prune` drops records).
+    let roots = crate::cache::Index::open(store.root())?.roots()?;
+    let images = store.prune_keeping(&roots.blobs)?;
+    // Unpacked layers of images that are still named, or of cached steps, stay; the rest is
+    // rebuilt on demand.
+    let mut keep: Vec<_> = store
         .list()?
         .iter()
         .flat_map(|img| img.config.rootfs.diff_ids.clone())
         .collect();
+    keep.extend(roots.diff_ids);
     let snapshots = SnapshotStore::new(store.root())?;
     let ((removed, snapshot_bytes), (scratch, scratch_bytes)) = store.while_exclusive(|| {
         let pruned = snapshots.prune(&keep)?;

@@ -22,6 +22,7 @@ use crate::layer::{DiffId, LayerEntry, WriteOptions};
 use crate::plan::Graph;
 use crate::progress::{Event, Progress};
 
+use super::cached::StepKey;
 use super::config::{StageConfig, scratch_config};
 use super::copy::{self, CopyRequest, CopySource};
 use super::lower::LoweredStage;
@@ -48,6 +49,12 @@ pub(super) enum Apply {
 /// What a step produced, for its record and progress.
 #[derive(Default)]
 pub(super) struct StepResult {
+    /// The step was not run: its recorded result was reused.
+    pub cached: bool,
+    /// The step's cache key (steps that make or may make a layer).
+    pub key: Option<String>,
+    /// Why a cacheable step was not reused.
+    pub miss: Option<String>,
     pub layer: Option<Descriptor>,
     pub diff_id: Option<DiffId>,
     /// RUN: seconds spent reading the changes.
@@ -81,6 +88,13 @@ pub(super) struct Shared<'a> {
     cancelled: AtomicBool,
     /// The commands running now, by step number.
     running: Mutex<BTreeMap<usize, Killer>>,
+    /// The step cache (`None` when the index cannot be opened: every step then runs).
+    pub cache: Option<crate::cache::Index>,
+    pub key_settings: crate::cache::KeySettings,
+    /// Content digests of the build context, with the store's metadata index.
+    pub digester: Mutex<Option<crate::context::ContextDigester>>,
+    /// Each built stage's last key (what `FROM <stage>` and `--from=<stage>` build on).
+    final_keys: Mutex<BTreeMap<usize, crate::cache::CacheKey>>,
 }
 
 /// Keeps a running command registered for cancellation; unregisters it when dropped.
@@ -179,6 +193,19 @@ impl<'a> Shared<'a> {
             warned_layers: Mutex::new(BTreeSet::new()),
             cancelled: AtomicBool::new(false),
             running: Mutex::new(BTreeMap::new()),
+            cache: crate::cache::Index::open(store.root()).ok(),
+            key_settings: crate::cache::KeySettings::new(
+                &crate::platform::Platform::host(),
+                crate::cache::LayerSettings::new(opts.compression, opts.source_date_epoch),
+            ),
+            digester: Mutex::new(
+                crate::context::ContextDigester::with_index(
+                    &opts.context,
+                    &store.root().join("kiln").join("context-index"),
+                )
+                .ok(),
+            ),
+            final_keys: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -278,6 +305,14 @@ impl<'a> Shared<'a> {
         }
         let mut records = self.records.into_inner().unwrap_or_else(|e| e.into_inner());
         records.sort_by_key(|(n, _)| *n);
+        // The context's metadata index: the next build stats what this one read.
+        if let Some(d) = lock(&self.digester).as_mut()
+            && let Err(e) = d.save()
+        {
+            self.progress.event(&Event::Notice {
+                message: format!("warning: {}", crate::error_chain(&e)),
+            });
+        }
         Ok(Built {
             stages: self.done.into_inner().unwrap_or_else(|e| e.into_inner()),
             records: records.into_iter().map(|(_, r)| r).collect(),
@@ -291,6 +326,7 @@ impl<'a> Shared<'a> {
     /// Runs one stage's steps in order.
     fn run_stage(&self, stage: &LoweredStage) -> StageOutcome {
         let mut state: Option<StageState> = None;
+        let mut parent: Option<crate::cache::CacheKey> = None;
         for step in &stage.steps {
             if self.cancelled.load(Ordering::SeqCst) {
                 return StageOutcome::Stopped;
@@ -302,7 +338,11 @@ impl<'a> Shared<'a> {
                 loc: format!("{}:{}", step.loc.file, step.loc.line),
                 name: step.name.clone(),
             });
-            match self.execute(&mut state, step) {
+            let outcome = self.step_key(step, parent.as_ref()).and_then(|key| {
+                parent = Some(key.key);
+                self.execute(&mut state, step, key)
+            });
+            match outcome {
                 Ok(result) => self.finish_step(step, started, result),
                 Err(source) => {
                     let e = BuildError::step(&step.loc, source);
@@ -322,6 +362,9 @@ impl<'a> Shared<'a> {
                 }
             }
         }
+        if let Some(key) = parent {
+            lock(&self.final_keys).insert(stage.index, key);
+        }
         StageOutcome::Built(Box::new(
             state.expect("every stage starts with its FROM step"),
         ))
@@ -333,47 +376,87 @@ impl<'a> Shared<'a> {
         self.progress.event(&Event::StepDone {
             id: step.id.number,
             seconds,
-            cached: false,
+            cached: result.cached,
             bytes,
         });
         let record = StepRecord {
             stage: step.stage.clone(),
             instruction: step.loc.instruction.clone(),
             location: format!("{}:{}", step.loc.file, step.loc.line),
-            cached: false,
+            cached: result.cached,
             seconds,
             layer_digest: result.layer.as_ref().map(|l| l.digest().to_string()),
             layer_size: bytes,
             diff_id: result.diff_id.map(|d| d.to_string()),
             diff_seconds: result.diff_seconds,
             layer_seconds: result.layer_seconds,
+            key: result.key,
+            reason: result.miss,
         };
         lock(&self.records).push((step.id.number, record));
     }
 
-    /// The one door: a step whose inputs are all known is executed and its result committed.
-    /// (The step cache looks up here first, from [6/9] on.)
+    /// The one door: a step whose inputs are all known is looked up in the cache; a hit is
+    /// replayed, a miss is executed, its result committed and recorded.
     fn execute(
         &self,
         state: &mut Option<StageState>,
         step: &Step,
+        key: StepKey,
     ) -> Result<StepResult, StepError> {
         if let Op::Base(source) = &step.op {
             *state = Some(self.start_stage(source)?);
             return Ok(StepResult::default());
         }
         let state = state.as_mut().expect("the FROM step comes first");
-        match &step.op {
-            Op::Base(_) => unreachable!("handled above"),
-            Op::Config(change) => {
-                state.config.apply(change);
-                self.empty_history(state, &step.created_by);
-                Ok(StepResult::default())
-            }
+        if let Op::Config(change) = &step.op {
+            state.config.apply(change);
+            self.empty_history(state, &step.created_by);
+            return Ok(StepResult::default());
+        }
+        if key.cacheable
+            && !self.opts.no_cache
+            && let Some(index) = &self.cache
+            && let Ok(Some(record)) = index.get(&key.key)
+            && self.record_usable(&record)
+        {
+            self.note_lineage(step, &key.key);
+            let mut result = self.replay(state, step, &record)?;
+            result.key = Some(key.key.to_string());
+            return Ok(result);
+        }
+        let miss = key.cacheable.then(|| self.miss_reason(step, &key));
+        if let Some(reason) = &miss
+            && self.opts.explain_cache
+        {
+            self.progress.event(&Event::StepLog {
+                id: step.id.number,
+                line: format!("cache miss: {reason}"),
+            });
+        }
+        let mut result = match &step.op {
+            Op::Base(_) | Op::Config(_) => unreachable!("handled above"),
             Op::Mkdir(m) => self.mkdir(state, m, &step.created_by),
             Op::Copy(c) => self.copy(state, c, &step.created_by),
             Op::Run(r) => self.run(state, step, r),
+        }?;
+        if key.cacheable {
+            result.key = Some(key.key.to_string());
+            result.miss = miss;
+            self.note_lineage(step, &key.key);
+            self.remember(key, &result);
         }
+        Ok(result)
+    }
+
+    /// A base image the lowering resolved.
+    pub(super) fn base_image(&self, reference: &str) -> Option<&StoredImage> {
+        self.bases.get(reference)
+    }
+
+    /// A built stage's last key.
+    pub(super) fn final_key(&self, stage: usize) -> Option<crate::cache::CacheKey> {
+        lock(&self.final_keys).get(&stage).copied()
     }
 
     fn start_stage(&self, source: &Source) -> Result<StageState, StepError> {
@@ -569,6 +652,9 @@ impl<'a> Shared<'a> {
         self.report_fs_warnings();
         self.record_layer(state, &written.diff_id, &desc, created_by);
         Ok(StepResult {
+            cached: false,
+            key: None,
+            miss: None,
             layer: Some(desc),
             diff_id: Some(written.diff_id),
             diff_seconds: None,
