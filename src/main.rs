@@ -131,6 +131,12 @@ struct BuildArgs {
     /// Say why each cache miss missed.
     #[arg(long = "explain-cache")]
     explain_cache: bool,
+    /// Run this stage's steps without looking them up in the cache (repeatable).
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    no_cache_filter: Vec<String>,
+    /// Fail the build if any step is not in the cache.
+    #[arg(long = "require-cache")]
+    require_cache: bool,
     /// How many stages run at once (default: the number of cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
@@ -157,6 +163,15 @@ enum CacheCommand {
     },
     /// How many cached steps, and the bytes of their layers.
     Du,
+    /// Hit rate per build and overall, time saved, the steps that miss most often and why.
+    Stats {
+        /// Only the last N builds.
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove cached steps (by default all), then the layers nothing else uses.
     Prune {
         /// Remove every record.
@@ -666,6 +681,8 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
         jobs: args.jobs.map_or_else(default_jobs, usize::from),
         no_cache: args.no_cache,
         explain_cache: args.explain_cache,
+        no_cache_filter: args.no_cache_filter,
+        require_cache: args.require_cache,
     };
     let progress: Box<dyn Progress> = match (args.quiet, args.progress) {
         (true, _) | (_, ProgressMode::Quiet) => Box::new(Quiet),
@@ -920,6 +937,16 @@ fn cmd_cache(root: &Path, cmd: CacheCommand) -> Result<()> {
                         ))?;
                     }
                 }
+            }
+            Ok(())
+        }
+        CacheCommand::Stats { last, json } => {
+            let store = Store::open(root)?;
+            let stats = cache_admin::stats(&store, last)?;
+            if json {
+                say(serde_json::to_string_pretty(&stats)?)?;
+            } else {
+                say(stats.to_string().trim_end().to_string())?;
             }
             Ok(())
         }

@@ -1,7 +1,10 @@
-//! The step cache ([6/9], first part): a second build of an unchanged context runs no step
-//! that makes a layer and writes no new blob; `touch` keeps every hit; editing one file re-runs
-//! the COPY that selects it and what follows; `--no-cache` runs everything. As root and as the
-//! unprivileged user.
+//! The step cache ([6/9]): a second build of an unchanged context runs no step that makes a
+//! layer and writes no new blob; `touch` keeps every hit; editing one file re-runs the COPY that
+//! selects it and what follows, and the miss names the file; a build arg re-runs only from the
+//! first step that sees it; a `COPY --from` of paths a stage change did not touch stays a hit;
+//! wildcards and symlinked sources are keyed by exactly what they select; `--no-cache`,
+//! `--no-cache-filter`, `--require-cache`; `kiln cache stats`. As root and as the unprivileged
+//! users where the user namespace matters.
 
 mod common;
 
@@ -156,12 +159,16 @@ fn misses_explain_themselves() {
         &[],
     );
     let err = edited.stderr();
+    // The file no instruction names is named.
     assert!(
-        err.contains("cache miss: the context files it copies changed"),
+        err.contains("cache miss: 1 file changed (src/main.txt)"),
         "{err}"
     );
-    assert!(err.contains("cache miss: an earlier step changed"), "{err}");
-    assert!(err.contains("1/4 steps cached (25%)"), "{err}");
+    assert!(
+        err.contains("cache miss: parent step missed: 1 file changed (src/main.txt) ("),
+        "{err}"
+    );
+    assert!(err.contains("1/4 steps cached (25%), saved ~"), "{err}");
     let reasons: Vec<Option<String>> = edited.metadata["kiln.steps"]
         .as_array()
         .unwrap()
@@ -169,10 +176,7 @@ fn misses_explain_themselves() {
         .map(|s| s["reason"].as_str().map(str::to_string))
         .collect();
     assert_eq!(reasons[1], None, "the first COPY was reused");
-    assert_eq!(
-        reasons[2].as_deref(),
-        Some("the context files it copies changed")
-    );
+    assert_eq!(reasons[2].as_deref(), Some("1 file changed (src/main.txt)"));
     let changed = DOCKERFILE.replace("echo unrelated", "echo changed");
     let b = build_as(
         who,
@@ -249,4 +253,245 @@ fn cache_records_are_roots_until_pruned() {
     assert!(kiln(&["cache", "du"]).starts_with("0 cached steps"));
     let cold = build_as(who, store.path(), ctx.path(), DOCKERFILE, &[], &[]);
     assert!(cached(&cold).iter().all(|(_, c)| !c), "{:?}", cached(&cold));
+}
+
+/// `location → cached` of each step with a cache key (FROM and config steps have none).
+fn keyed(b: &Built) -> Vec<(String, bool)> {
+    b.metadata["kiln.steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["key"].is_string())
+        .map(|s| {
+            (
+                s["instruction"].as_str().unwrap().to_string(),
+                s["cached"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+const TWO_STAGES: &str = "FROM busybox AS a\n\
+    COPY src/ /src/\n\
+    RUN cat /src/main.txt > /main.out && echo stable > /stable.out\n\
+    FROM busybox\n\
+    COPY --from=a /stable.out /stable.out\n\
+    ARG VERSION=1\n\
+    RUN echo $VERSION > /version\n\
+    RUN echo after > /after\n";
+
+fn build_args_and_copy_from(who: Runner) {
+    let test = format!("build_args_and_copy_from_{}", who.label());
+    let Some(store) = runner_store(who, &test) else {
+        return;
+    };
+    let ctx = runner_dir(who);
+    write(ctx.path(), "src/main.txt", "one");
+    let sde = [("SOURCE_DATE_EPOCH", "1700000000")];
+    let first = build_as(who, store.path(), ctx.path(), TWO_STAGES, &[], &sde);
+    assert!(keyed(&first).iter().all(|(_, c)| !c), "{:?}", keyed(&first));
+
+    // A build arg only the last stage declares: everything before its first use is reused.
+    let arg = build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        TWO_STAGES,
+        &["--build-arg", "VERSION=2", "--explain-cache"],
+        &sde,
+    );
+    let flags: Vec<bool> = keyed(&arg).iter().map(|(_, c)| *c).collect();
+    assert_eq!(flags, [true, true, true, false, false], "{:?}", keyed(&arg));
+    assert_eq!(arg.read("version"), "2\n");
+    assert!(
+        arg.stderr()
+            .contains("cache miss: parent step missed: build arg VERSION: 1 → 2 ("),
+        "{}",
+        arg.stderr()
+    );
+
+    // An edit in stage a that does not change what `COPY --from=a` selects: the stage runs
+    // again, the copy and what follows are reused (BuildKit's content fallback).
+    write(ctx.path(), "src/main.txt", "two");
+    let edited = build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        TWO_STAGES,
+        &["--build-arg", "VERSION=2"],
+        &sde,
+    );
+    let flags: Vec<bool> = keyed(&edited).iter().map(|(_, c)| *c).collect();
+    assert_eq!(
+        flags,
+        [false, false, true, true, true],
+        "{:?}",
+        keyed(&edited)
+    );
+    assert_eq!(edited.id, arg.id, "the same final image");
+    // And once more: now the stage's own key hits too.
+    let again = build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        TWO_STAGES,
+        &["--build-arg", "VERSION=2"],
+        &sde,
+    );
+    assert!(keyed(&again).iter().all(|(_, c)| *c), "{:?}", keyed(&again));
+}
+
+#[test]
+fn build_args_and_copy_from_miss_only_what_they_change() {
+    for who in RUNNERS {
+        build_args_and_copy_from(who);
+    }
+}
+
+/// A wildcard is keyed by the files it matches, and a symlinked source by its target's
+/// content (the copy follows it), not by the whole context or the link text.
+#[test]
+fn wildcards_and_symlinks_are_keyed_by_what_they_select() {
+    let who = Runner::Root;
+    let Some(store) = runner_store(who, "wildcards_and_symlinks") else {
+        return;
+    };
+    let ctx = runner_dir(who);
+    write(ctx.path(), "a.txt", "a");
+    write(ctx.path(), "b.md", "b");
+    write(ctx.path(), "real/data", "1");
+    std::os::unix::fs::symlink("real/data", ctx.path().join("link")).unwrap();
+    let df = "FROM busybox\nCOPY *.txt /t/\nCOPY link /l\n";
+    build_as(who, store.path(), ctx.path(), df, &[], &[]);
+    write(ctx.path(), "b.md", "bb");
+    let b = build_as(who, store.path(), ctx.path(), df, &[], &[]);
+    assert!(keyed(&b).iter().all(|(_, c)| *c), "{:?}", keyed(&b));
+    write(ctx.path(), "c.txt", "c");
+    let b = build_as(who, store.path(), ctx.path(), df, &["--explain-cache"], &[]);
+    assert_eq!(keyed(&b)[0].1, false, "a new match misses");
+    assert!(
+        b.stderr().contains("cache miss: 1 file changed (c.txt)"),
+        "{}",
+        b.stderr()
+    );
+    write(ctx.path(), "real/data", "2");
+    let b = build_as(who, store.path(), ctx.path(), df, &[], &[]);
+    assert_eq!(
+        keyed(&b).iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+        [true, false],
+        "the link's target changed"
+    );
+    assert_eq!(b.read("l"), "2");
+}
+
+/// `--require-cache` fails at the first step that would run, naming it and why;
+/// `--no-cache-filter STAGE` runs that stage's steps again and reuses the others'.
+#[test]
+fn require_cache_and_no_cache_filter() {
+    let who = Runner::Root;
+    let Some(store) = runner_store(who, "require_cache_and_no_cache_filter") else {
+        return;
+    };
+    let ctx = runner_dir(who);
+    write(ctx.path(), "src/main.txt", "one");
+    let err = common::build::build_error_as(
+        who,
+        store.path(),
+        ctx.path(),
+        TWO_STAGES,
+        &["--require-cache"],
+        &[],
+    );
+    assert!(
+        err.contains(":2: COPY src/ /src/: --require-cache: the step is not cached (first build of this step)"),
+        "{err}"
+    );
+    build_as(who, store.path(), ctx.path(), TWO_STAGES, &[], &[]);
+    build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        TWO_STAGES,
+        &["--require-cache"],
+        &[],
+    );
+    let b = build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        TWO_STAGES,
+        &["--no-cache-filter", "a"],
+        &[],
+    );
+    let flags: Vec<bool> = keyed(&b).iter().map(|(_, c)| *c).collect();
+    assert_eq!(flags, [false, false, true, true, true], "{:?}", keyed(&b));
+}
+
+/// `kiln cache stats --json` reports the hit rates a script computes from the builds'
+/// metadata files.
+#[test]
+fn cache_stats_match_the_metadata_files() {
+    let who = Runner::Root;
+    let Some(store) = runner_store(who, "cache_stats_match") else {
+        return;
+    };
+    let ctx = runner_dir(who);
+    write(ctx.path(), "src/main.txt", "one");
+    let mut expected: Vec<(usize, usize)> = Vec::new();
+    for (i, args) in [
+        &[][..],
+        &[][..],
+        &["--build-arg", "VERSION=2"][..],
+        &["--no-cache"][..],
+        &[][..],
+    ]
+    .iter()
+    .enumerate()
+    {
+        if i == 4 {
+            write(ctx.path(), "src/main.txt", "edited");
+        }
+        let b = build_as(who, store.path(), ctx.path(), TWO_STAGES, args, &[]);
+        let k = keyed(&b);
+        expected.push((k.iter().filter(|(_, c)| *c).count(), k.len()));
+    }
+    let out = common::build::kiln_as(who)
+        .arg("--root")
+        .arg(store.path())
+        .args(["cache", "stats", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let builds = stats["builds"].as_array().unwrap();
+    let got: Vec<(usize, usize)> = builds
+        .iter()
+        .map(|b| {
+            (
+                b["hits"].as_u64().unwrap() as usize,
+                b["steps"].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+    let hits: usize = expected.iter().map(|e| e.0).sum();
+    let steps: usize = expected.iter().map(|e| e.1).sum();
+    let rate = stats["overall"]["hit_rate"].as_f64().unwrap();
+    assert!((rate - hits as f64 / steps as f64).abs() < 1e-9, "{stats}");
+    assert!(stats["overall"]["saved_seconds"].as_f64().unwrap() > 0.0);
+    // --last 2 keeps the last two, and the steps that missed most are named with reasons.
+    let out = common::build::kiln_as(who)
+        .arg("--root")
+        .arg(store.path())
+        .args(["cache", "stats", "--last", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("overall: 2 builds"), "{text}");
+    assert!(text.contains("most missed:"), "{text}");
+    assert!(text.contains("--no-cache"), "{text}");
 }

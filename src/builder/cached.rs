@@ -9,27 +9,46 @@
 //! `--from`, or an image's config digest. A step whose input cannot be digested (an ADD of a
 //! URL, a context path that does not exist) is not cached: it runs, and fails as it would.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::cache::{CacheKey, CacheRecord, CacheResult, KeyDocument, Parent};
+use crate::cache::{CacheKey, CacheRecord, CacheResult, KeyDocument, Parent, Place};
+use crate::context::{ContextDigester, ContextFilter, SelectionDigest, WalkOptions};
 use crate::pathclean::clean_relative;
 
 use super::StepError;
 use super::scheduler::{Shared, StageState, StepResult};
-use super::step::{Op, Source, Step};
+use super::step::{CopyOp, Op, Source, Step};
 
-/// A step's cache identity: its key document (and key), or why it has none.
+/// A step's cache identity: its key document (and key), and what the last build at the same
+/// place had.
 pub(super) struct StepKey {
     pub document: KeyDocument,
     pub key: CacheKey,
     /// A key the index may be asked about: every step that makes or may make a layer.
     pub cacheable: bool,
+    /// What changed at this step's place since the last build there.
+    pub change: Change,
+}
+
+/// What changed at a step's place (the Dockerfile, context, stage and position) since the
+/// last build there.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Change {
+    /// Nothing was built here before.
+    First,
+    /// The same key as last time.
+    Same,
+    /// The step's own inputs changed: why, in words.
+    Own(String),
+    /// Only its parent changed (an earlier step, or the stage it builds on).
+    Parent,
 }
 
 impl Shared<'_> {
-    /// The key of `step` on top of `parent` (`None` for a stage's FROM step).
+    /// The key of `step` on top of `parent` (`None` for a stage's FROM step), and what changed
+    /// at its place since the last build there (which is then remembered).
     pub(super) fn step_key(
         &self,
         step: &Step,
@@ -40,18 +59,13 @@ impl Shared<'_> {
             (_, Some(p)) => Parent::Step(*p),
             (_, None) => unreachable!("every stage starts with its FROM step"),
         };
-        let mut op = serde_json::to_value(&step.op)
-            .map_err(|e| cache_error(crate::cache::CacheError::Document(e)))?;
-        if let Some(run) = op.get_mut("run").and_then(Value::as_object_mut) {
-            run.remove("env");
-        }
         let (inputs, cacheable) = match &step.op {
             Op::Base(_) | Op::Config(_) => (Value::Null, false),
             Op::Mkdir(_) => (Value::Null, true),
             Op::Copy(c) => match &c.from {
                 Some(source) => (json!({ "from": self.source_key(source)? }), true),
                 None if c.sources.iter().any(|s| is_url(s)) => (Value::Null, false),
-                None => match self.context_digest(&c.sources) {
+                None => match self.context_digest(&c.sources, c.parents) {
                     Some(d) => (json!({ "context": d }), true),
                     None => (Value::Null, false),
                 },
@@ -67,7 +81,7 @@ impl Shared<'_> {
                         },
                         ("bind", None) => {
                             let src = m.source.clone().unwrap_or_else(|| ".".into());
-                            match self.context_digest(&[src]) {
+                            match self.context_digest(&[src], false) {
                                 Some(d) => Value::String(d),
                                 None => {
                                     cacheable = false;
@@ -87,6 +101,31 @@ impl Shared<'_> {
                 (json!({ "mounts": mounts, "network": network }), cacheable)
             }
         };
+        let document = self.document(step, parent, inputs)?;
+        let key = document.key().map_err(cache_error)?;
+        let change = self.change_at_place(step, &document, &key);
+        Ok(StepKey {
+            document,
+            key,
+            cacheable,
+            change,
+        })
+    }
+
+    /// The key document of `step` on `parent` reading `inputs`.
+    fn document(
+        &self,
+        step: &Step,
+        parent: Parent,
+        inputs: Value,
+    ) -> Result<KeyDocument, StepError> {
+        let mut op = serde_json::to_value(&step.op)
+            .map_err(|e| cache_error(crate::cache::CacheError::Document(e)))?;
+        // A RUN's environment is in the chain already: the ENV and ARG steps that set it are
+        // its ancestors, and a base's ENV is in its config digest.
+        if let Some(run) = op.get_mut("run").and_then(Value::as_object_mut) {
+            run.remove("env");
+        }
         // In a single-id user namespace other owners are squashed: the same step makes other
         // bytes than with a full id map.
         let inputs = match (self.opts.single_id, inputs) {
@@ -97,15 +136,9 @@ impl Shared<'_> {
             }
             (_, inputs) => inputs,
         };
-        let document = KeyDocument::new(&self.key_settings, parent, &json!({ "op": op }))
+        KeyDocument::new(&self.key_settings, parent, &json!({ "op": op }))
             .and_then(|d| d.with_inputs(&inputs))
-            .map_err(cache_error)?;
-        let key = document.key().map_err(cache_error)?;
-        Ok(StepKey {
-            document,
-            key,
-            cacheable,
-        })
+            .map_err(cache_error)
     }
 
     fn base_parent(&self, source: &Source) -> Result<Parent, StepError> {
@@ -140,26 +173,66 @@ impl Shared<'_> {
         })
     }
 
-    /// The content digest of context sources (wildcards: the whole context, which is never a
-    /// wrong hit, only a broader miss). `None` when a source cannot be digested.
-    fn context_digest(&self, sources: &[String]) -> Option<String> {
-        let roots: Vec<PathBuf> = if sources
-            .iter()
-            .any(|s| s.contains(['*', '?', '[']) || s.contains('\\'))
-        {
-            vec![PathBuf::from(".")]
-        } else {
+    /// The content digest of the context paths `sources` select, found as the copy finds them
+    /// (wildcards expanded, symlinks on the way followed). `None` when they cannot be digested
+    /// (a missing source): the step is then not cached, it runs and fails as it would.
+    fn context_digest(&self, sources: &[String], parents: bool) -> Option<String> {
+        let mut digester = self.digester.lock().unwrap_or_else(|e| e.into_inner());
+        let digester = digester.as_mut()?;
+        let roots: Vec<PathBuf> = if super::copy::sources_are_plain(&self.opts.context, sources) {
             sources
                 .iter()
                 .map(|s| PathBuf::from(clean_relative(s).unwrap_or_else(|| ".".to_string())))
                 .collect()
+        } else {
+            let kept = digester.kept(self.filter).ok()?;
+            super::copy::selected_paths(&self.opts.context, Some(kept), sources, parents).ok()?
         };
-        let mut digester = self.digester.lock().unwrap_or_else(|e| e.into_inner());
-        let digester = digester.as_mut()?;
-        digester
-            .digest(self.filter, &roots, None)
-            .ok()
-            .map(|d| d.digest.to_string())
+        let selection = digester.digest(self.filter, &roots, None).ok()?;
+        Some(self.remember_selection(&selection))
+    }
+
+    /// Keeps the per-file digests behind a selection, so a later miss can name the files that
+    /// changed. Returns the selection's digest as text.
+    fn remember_selection(&self, selection: &SelectionDigest) -> String {
+        let digest = selection.digest.to_string();
+        if let Some(index) = &self.cache
+            && !index.has_selection(&digest)
+        {
+            let files: Vec<crate::cache::SelectedFile> = selection
+                .files
+                .iter()
+                .map(|f| (f.path.to_string_lossy().into_owned(), f.digest.hex()))
+                .collect();
+            let _ = index.put_selection(&digest, &files);
+        }
+        digest
+    }
+
+    /// `COPY --from=<stage>`: the key from the content of the paths it selects in the stage,
+    /// as BuildKit falls back to when the stage's own key changed, so a change in the stage
+    /// that the copy does not read keeps the hit. `None` when the selection cannot be
+    /// digested (the copy then runs, and fails as it would).
+    pub(super) fn content_key(
+        &self,
+        c: &CopyOp,
+        primary: &StepKey,
+    ) -> Result<Option<(KeyDocument, CacheKey)>, StepError> {
+        let Some(source @ Source::Stage { .. }) = &c.from else {
+            return Ok(None);
+        };
+        let root = self.source_root(source)?;
+        let Some(digest) = rootfs_digest(&root, &c.sources, c.parents) else {
+            return Ok(None);
+        };
+        let mut inputs = primary.document.inputs.clone();
+        if let Some(m) = inputs.as_object_mut() {
+            m.insert("from".into(), json!({ "content": digest }));
+        }
+        let mut document = primary.document.clone();
+        document.inputs = inputs;
+        let key = document.key().map_err(cache_error)?;
+        Ok(Some((document, key)))
     }
 
     /// A hit: the recorded layers become the stage's, as if the step had run.
@@ -174,6 +247,8 @@ impl Shared<'_> {
         }
         let mut result = StepResult {
             cached: true,
+            saved_seconds: record.seconds,
+            chain: chain_of(record),
             ..StepResult::default()
         };
         let layers = record.result.layers.iter().zip(&record.result.diff_ids);
@@ -190,6 +265,12 @@ impl Shared<'_> {
         Ok(result)
     }
 
+    /// The record of `key` when it can be replayed (a prune may have taken its blobs).
+    pub(super) fn lookup(&self, key: &CacheKey) -> Option<CacheRecord> {
+        let record = self.cache.as_ref()?.get(key).ok()??;
+        self.record_usable(&record).then_some(record)
+    }
+
     /// Whether every blob a record names is still in the store (a prune may have taken it).
     pub(super) fn record_usable(&self, record: &CacheRecord) -> bool {
         record.result.layers.len() == record.result.diff_ids.len()
@@ -200,19 +281,35 @@ impl Shared<'_> {
                 .all(|l| self.store.has_blob(l.digest()))
     }
 
-    /// Records what a step that ran produced (best effort: a record that cannot be written
-    /// only costs a later miss).
-    pub(super) fn remember(&self, key: StepKey, result: &StepResult) {
+    /// Records what a step that ran produced under `document` (best effort: a record that
+    /// cannot be written only costs a later miss). `chain`: the key later steps build on, when
+    /// it is not this document's own (a `COPY --from` remembered by its stage's key chains on
+    /// its content key).
+    pub(super) fn remember(
+        &self,
+        document: KeyDocument,
+        result: &StepResult,
+        seconds: f64,
+        chain: Option<CacheKey>,
+    ) {
         let Some(index) = &self.cache else { return };
+        let config = match chain {
+            Some(k) => json!({ "chain": k.to_string() }),
+            None => Value::Null,
+        };
         let record = CacheRecord::new(
-            key.document,
+            document,
             CacheResult {
                 layers: result.layer.iter().cloned().collect(),
                 diff_ids: result.diff_id.iter().copied().collect(),
-                config: Value::Null,
+                config,
             },
             crate::image::config::now_unix(),
-        );
+        )
+        .map(|mut r| {
+            r.seconds = seconds;
+            r
+        });
         if let Err(e) = record.and_then(|r| index.put(&r)) {
             self.progress.event(&crate::progress::Event::Notice {
                 message: format!("warning: {}", crate::error_chain(&e)),
@@ -221,74 +318,208 @@ impl Shared<'_> {
     }
 }
 
+/// The key a record's later steps build on: its own, unless it names another.
+fn chain_of(record: &CacheRecord) -> Option<CacheKey> {
+    record
+        .result
+        .config
+        .get("chain")
+        .and_then(Value::as_str)
+        .and_then(|k| k.parse().ok())
+}
+
+/// The content digest of what `sources` select in a root filesystem (every path kept).
+fn rootfs_digest(root: &Path, sources: &[String], parents: bool) -> Option<String> {
+    let roots = super::copy::selected_paths(root, None, sources, parents).ok()?;
+    let everything = ContextFilter::new(&WalkOptions::default()).ok()?;
+    let mut digester = ContextDigester::new(root).ok()?;
+    let selection = digester.digest(&everything, &roots, None).ok()?;
+    Some(selection.digest.to_string())
+}
+
 impl Shared<'_> {
-    /// Where the last key of this step's place is kept: the Dockerfile, the context directory,
-    /// the stage and the step's position in it. A later miss at the same place is explained
-    /// against that key's record.
-    fn lineage_path(&self, step: &Step) -> Option<PathBuf> {
-        let index = self.cache.as_ref()?;
-        let place = json!([
-            step.loc.file,
-            self.opts.context.to_string_lossy(),
-            step.stage,
+    fn place(&self, step: &Step) -> Place {
+        Place::new(
+            &step.loc.file,
+            &self.opts.context.to_string_lossy(),
+            &step.stage,
             step.id.index,
-        ]);
-        let id = CacheKey::of(place.to_string().as_bytes());
-        Some(index.records_dir().with_file_name("lineage").join(id.hex()))
+        )
     }
 
-    /// Remembers `key` as the latest at this step's place (best effort).
-    pub(super) fn note_lineage(&self, step: &Step, key: &CacheKey) {
-        let Some(path) = self.lineage_path(step) else {
-            return;
+    /// What changed at `step`'s place since the last build there; remembers `document` as
+    /// the place's latest.
+    fn change_at_place(&self, step: &Step, document: &KeyDocument, key: &CacheKey) -> Change {
+        let Some(index) = &self.cache else {
+            return Change::First;
         };
-        let write = || -> std::io::Result<()> {
-            let dir = path.parent().expect("lineage files live in a directory");
-            std::fs::create_dir_all(dir)?;
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-            std::io::Write::write_all(&mut tmp, key.to_string().as_bytes())?;
-            tmp.persist(&path).map_err(|e| e.error)?;
-            Ok(())
+        let place = self.place(step);
+        let previous = index.last_at(&place);
+        let change = match &previous {
+            None => Change::First,
+            Some(old) if old.key().ok().as_ref() == Some(key) => Change::Same,
+            Some(old) => match self.describe(step, old, document) {
+                Some(text) => Change::Own(text),
+                None => Change::Parent,
+            },
         };
-        let _ = write();
+        if change != Change::Same {
+            let _ = index.set_last_at(&place, document);
+        }
+        change
     }
 
-    /// Why `key` missed: the first field it differs in from the last key at the same place.
-    pub(super) fn miss_reason(&self, step: &Step, key: &StepKey) -> String {
+    /// The first way `new` differs from `old` that is the step's own, in words; `None` when
+    /// only the parent differs (the FROM of an image names the base's new ID).
+    fn describe(&self, step: &Step, old: &KeyDocument, new: &KeyDocument) -> Option<String> {
+        let change = crate::cache::first_difference(old, new)?;
+        let path = change.path.as_str();
+        let top = path.split(['.', '[']).next().unwrap_or(path);
+        Some(match top {
+            "version" => "kiln's cache key format changed".to_string(),
+            "platform" => format!("platform {change}"),
+            "layer" => format!("layer settings changed: {change}"),
+            "parent" => match (&step.op, &new.parent) {
+                (Op::Base(Source::Image { reference }), Parent::Image(id)) => {
+                    format!("base image {reference} now {id}")
+                }
+                _ => return None,
+            },
+            "inputs" => self.describe_inputs(step, old, new, path),
+            _ => match (build_arg_change(old, new), &step.op) {
+                (Some(text), _) => text,
+                (None, _) => format!("instruction changed: {change}"),
+            },
+        })
+    }
+
+    fn describe_inputs(
+        &self,
+        step: &Step,
+        old: &KeyDocument,
+        new: &KeyDocument,
+        path: &str,
+    ) -> String {
+        let files = |field: &str| -> Option<String> {
+            let index = self.cache.as_ref()?;
+            let digest_at = |d: &KeyDocument| -> Option<String> {
+                let v = d.inputs.pointer(field)?;
+                v.as_str().map(str::to_string)
+            };
+            let old_files = index.selection(&digest_at(old)?)?;
+            let new_files = index.selection(&digest_at(new)?)?;
+            let changes = changed_files(&old_files, &new_files);
+            (!changes.is_empty()).then(|| changes.summary(3))
+        };
+        if path.starts_with("inputs.context") {
+            return files("/context")
+                .unwrap_or_else(|| "the context files it copies changed".to_string());
+        }
+        if path.starts_with("inputs.mounts") {
+            let i: Option<usize> = path
+                .strip_prefix("inputs.mounts[")
+                .and_then(|r| r.split(']').next())
+                .and_then(|n| n.parse().ok());
+            return match i.and_then(|i| files(&format!("/mounts/{i}"))) {
+                Some(text) => format!("bind mount: {text}"),
+                None => "the files a mount reads changed".to_string(),
+            };
+        }
+        if path.starts_with("inputs.from") {
+            return match &step.op {
+                Op::Copy(CopyOp {
+                    from: Some(Source::Stage { index, name }),
+                    ..
+                }) => {
+                    let name = name.clone().unwrap_or_else(|| index.to_string());
+                    match self.stage_cause(*index) {
+                        Some(cause) => format!("stage {name} changed: {cause}"),
+                        None => format!("stage {name} changed"),
+                    }
+                }
+                Op::Copy(CopyOp {
+                    from: Some(Source::Image { reference }),
+                    ..
+                }) => match new.inputs.pointer("/from/image").and_then(Value::as_str) {
+                    Some(id) => format!("image {reference} now {id}"),
+                    None => format!("image {reference} changed"),
+                },
+                _ => "the stage or image it reads changed".to_string(),
+            };
+        }
+        match crate::cache::first_difference(old, new) {
+            Some(change) => change.to_string(),
+            None => "its inputs changed".to_string(),
+        }
+    }
+
+    /// Why `key` missed, in words: its own change, or the root cause of its parent's.
+    pub(super) fn miss_reason(&self, key: &StepKey, cause: Option<&str>) -> String {
         if self.opts.no_cache {
             return "--no-cache".into();
         }
-        let Some(index) = &self.cache else {
+        if self.cache.is_none() {
             return "the cache index cannot be opened".into();
-        };
-        let previous = self
-            .lineage_path(step)
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|k| k.trim().parse::<CacheKey>().ok());
-        let Some(previous) = previous else {
-            return "first build of this step".into();
-        };
-        if previous == key.key {
-            return "its earlier result's layers are no longer in the store".into();
         }
-        let Ok(Some(record)) = index.peek(&previous) else {
-            return "the earlier result is gone from the cache".into();
-        };
-        match crate::cache::first_difference(&record.document, &key.document) {
-            None => "the earlier result is gone from the cache".into(),
-            Some(change) if change.path.starts_with("parent") => "an earlier step changed".into(),
-            Some(change) if change.path.starts_with("inputs.context") => {
-                "the context files it copies changed".into()
-            }
-            Some(change) if change.path.starts_with("inputs.from") => {
-                "the stage or image it copies from changed".into()
-            }
-            Some(change) if change.path.starts_with("step.") => {
-                format!("instruction changed: {change}")
-            }
-            Some(change) => change.to_string(),
+        match &key.change {
+            Change::First => "first build of this step".into(),
+            Change::Same => "its earlier result is no longer in the cache".into(),
+            Change::Own(text) => text.clone(),
+            Change::Parent => match cause {
+                Some(c) => format!("parent step missed: {c}"),
+                None => "parent step missed".into(),
+            },
         }
     }
+}
+
+/// `build arg NAME: old → new` when two ARG steps differ in a value.
+fn build_arg_change(old: &KeyDocument, new: &KeyDocument) -> Option<String> {
+    let args = |d: &KeyDocument| -> Option<Vec<(String, Option<String>)>> {
+        serde_json::from_value(d.step.pointer("/op/config/arg")?.clone()).ok()
+    };
+    let (a, b) = (args(old)?, args(new)?);
+    let show = |v: Option<&Option<String>>| match v {
+        Some(Some(v)) => v.clone(),
+        _ => "(unset)".to_string(),
+    };
+    for (name, value) in &b {
+        let before = a.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        if before != Some(value) {
+            return Some(format!(
+                "build arg {name}: {} → {}",
+                show(before),
+                show(Some(value))
+            ));
+        }
+    }
+    None
+}
+
+/// The paths that differ between two remembered selections.
+fn changed_files(
+    old: &[crate::cache::SelectedFile],
+    new: &[crate::cache::SelectedFile],
+) -> crate::context::FileChanges {
+    use std::collections::BTreeMap;
+    let a: BTreeMap<&str, &str> = old.iter().map(|(p, d)| (p.as_str(), d.as_str())).collect();
+    let b: BTreeMap<&str, &str> = new.iter().map(|(p, d)| (p.as_str(), d.as_str())).collect();
+    let mut out = crate::context::FileChanges::default();
+    for (p, d) in &b {
+        match a.get(p) {
+            // A directory's entry digest covers only its own metadata: a file added in it
+            // names the file, not the directory.
+            Some(o) if o == d => {}
+            Some(_) => out.changed.push(PathBuf::from(p)),
+            None => out.added.push(PathBuf::from(p)),
+        }
+    }
+    for p in a.keys() {
+        if !b.contains_key(p) {
+            out.removed.push(PathBuf::from(p));
+        }
+    }
+    out
 }
 
 fn is_url(s: &str) -> bool {

@@ -678,6 +678,54 @@ fn class_char(p: &[char]) -> Option<(char, usize)> {
 // -------------------------------------------------------------------------------------------
 // path resolution inside a root
 
+/// The paths under `root` that a COPY/ADD of `sources` reads, found the way the copy finds
+/// them: wildcards expanded, symlinks on a source's path followed inside `root`, each
+/// `--parents` pivot whole. `kept` is the context after `.dockerignore` (`None`: a stage's or
+/// image's root filesystem). What the step cache digests: a digest of these paths changes
+/// exactly when what the copy reads may have changed (an excluded or wider pivot only makes a
+/// broader miss, never a wrong hit).
+pub(crate) fn selected_paths(
+    root: &Path,
+    kept: Option<HashSet<PathBuf>>,
+    sources: &[String],
+    parents: bool,
+) -> Result<Vec<PathBuf>, CopyError> {
+    let src = SrcFs { root, kept };
+    let mut items = Vec::new();
+    for s in sources {
+        if parents {
+            gather_parents(&src, src.kept.is_some(), s, &mut items)?;
+        } else {
+            gather_local(&src, src.kept.is_some(), s, &mut items)?;
+        }
+    }
+    Ok(items
+        .into_iter()
+        .filter_map(|i| match i {
+            Item::Local { rel, .. } => Some(rel),
+            Item::Parents { pivot, .. } => Some(pivot),
+            Item::Heredoc { .. } | Item::Url(_) => None,
+        })
+        .collect())
+}
+
+/// Whether `sources` can be digested as written: no wildcard, and no symlink on any of their
+/// paths under `root` (then [`selected_paths`] would return them unchanged, and the context
+/// walk it needs can be skipped).
+pub(crate) fn sources_are_plain(root: &Path, sources: &[String]) -> bool {
+    sources.iter().all(|s| {
+        let comps = clean_comps(s.as_bytes());
+        if comps.iter().any(|c| contains_wildcards(c.as_bytes())) {
+            return false;
+        }
+        let mut p = root.to_path_buf();
+        comps.iter().all(|c| {
+            p.push(c);
+            fs::symlink_metadata(&p).is_ok_and(|m| !m.file_type().is_symlink())
+        })
+    })
+}
+
 /// [`resolve_with`] with its errors as copy errors.
 fn resolve_in(
     base: &Path,

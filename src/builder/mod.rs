@@ -76,6 +76,10 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// `--explain-cache`: say why each cache miss missed.
     pub explain_cache: bool,
+    /// `--no-cache-filter`: stages (by name or index) whose steps run without a lookup.
+    pub no_cache_filter: Vec<String>,
+    /// `--require-cache`: a step that would run fails the build instead.
+    pub require_cache: bool,
 }
 
 /// One step of the build, for `--metadata-file` and the caller's summary.
@@ -106,6 +110,9 @@ pub struct StepRecord {
     /// Why the step was not reused (a cacheable step that ran).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A reused step: the seconds it took when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saved_seconds: Option<f64>,
 }
 
 /// What a build produced.
@@ -172,6 +179,9 @@ pub enum StepError {
     /// The instruction's values are invalid (a bad port, signal, network mode…).
     #[error("{0}")]
     Invalid(String),
+    /// `--require-cache`, and the step is not in the cache.
+    #[error("--require-cache: the step is not cached ({0})")]
+    NotCached(String),
     /// Variable expansion failed (syntax, or over kiln's expansion limits).
     #[error(transparent)]
     Expand(#[from] crate::plan::ExpandError),
@@ -363,14 +373,20 @@ pub fn build(
         &graph.build_args,
     );
     let now = shared.now;
+    let started = std::time::Instant::now();
     let built = shared.run_stages(&lowered, &graph)?;
     // FROM and config-only steps make no layer and are not counted.
     let cacheable = built.records.iter().filter(|r| r.key.is_some()).count();
     let hits = built.records.iter().filter(|r| r.cached).count();
+    let saved = built
+        .records
+        .iter()
+        .filter_map(|r| r.saved_seconds)
+        .fold(0.0, |a, b| a + b);
     if cacheable > 0 {
         progress.event(&Event::Notice {
             message: format!(
-                "{hits}/{cacheable} steps cached ({:.0}%)",
+                "{hits}/{cacheable} steps cached ({:.0}%), saved ~{saved:.1} s",
                 100.0 * hits as f64 / cacheable as f64
             ),
         });
@@ -383,6 +399,14 @@ pub fn build(
         store.tag(tag, &manifest)?;
     }
     let image = store.resolve(manifest.digest().as_ref())?;
+    record_build_stats(
+        store,
+        opts,
+        &built.records,
+        &image,
+        started.elapsed(),
+        progress,
+    );
     progress.event(&Event::ImageWritten {
         manifest_digest: image.digest().to_string(),
         config_digest: image.id().to_string(),
@@ -393,6 +417,52 @@ pub fn build(
         steps: built.records,
         warned_layers: built.warned_layers,
     })
+}
+
+/// Appends this build to the store's build statistics (`kiln cache stats`); best effort.
+fn record_build_stats(
+    store: &Store,
+    opts: &BuildOptions,
+    records: &[StepRecord],
+    image: &StoredImage,
+    took: std::time::Duration,
+    progress: &dyn Progress,
+) {
+    let Ok(index) = crate::cache::Index::open(store.root()) else {
+        return;
+    };
+    let steps = records
+        .iter()
+        .filter_map(|r| {
+            Some(crate::cache::StepStats {
+                location: r.location.clone(),
+                stage: r.stage.clone(),
+                instruction: r.instruction.clone(),
+                key: r.key.as_deref()?.parse().ok()?,
+                cached: r.cached,
+                seconds: r.seconds,
+                saved_seconds: r.saved_seconds.unwrap_or(0.0),
+                bytes: r.layer_size.unwrap_or(0),
+                reason: r.reason.clone(),
+            })
+        })
+        .collect();
+    let stats = crate::cache::BuildStats {
+        time: crate::image::config::now_unix(),
+        dockerfile: opts
+            .dockerfile_path
+            .as_ref()
+            .map_or_else(|| opts.dockerfile_name.clone(), |p| p.display().to_string()),
+        context: opts.context.display().to_string(),
+        image: image.digest().to_string(),
+        seconds: took.as_secs_f64(),
+        steps,
+    };
+    if let Err(e) = index.add_build(&stats) {
+        progress.event(&Event::Notice {
+            message: format!("warning: {}", crate::error_chain(&e)),
+        });
+    }
 }
 
 /// The Dockerfile parsed and planned (stage DAG, build order, ARG scopes); `SOURCE_DATE_EPOCH`

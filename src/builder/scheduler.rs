@@ -22,7 +22,7 @@ use crate::layer::{DiffId, LayerEntry, WriteOptions};
 use crate::plan::Graph;
 use crate::progress::{Event, Progress};
 
-use super::cached::StepKey;
+use super::cached::{Change, StepKey};
 use super::config::{StageConfig, scratch_config};
 use super::copy::{self, CopyRequest, CopySource};
 use super::lower::LoweredStage;
@@ -57,6 +57,11 @@ pub(super) struct StepResult {
     pub miss: Option<String>,
     pub layer: Option<Descriptor>,
     pub diff_id: Option<DiffId>,
+    /// The key later steps of the stage build on (a step's own key, or for `COPY --from` the
+    /// key of what it copied).
+    pub chain: Option<crate::cache::CacheKey>,
+    /// A hit: the seconds the step took when it ran.
+    pub saved_seconds: f64,
     /// RUN: seconds spent reading the changes.
     pub diff_seconds: Option<f64>,
     /// Seconds spent writing the layer blob.
@@ -95,6 +100,9 @@ pub(super) struct Shared<'a> {
     pub digester: Mutex<Option<crate::context::ContextDigester>>,
     /// Each built stage's last key (what `FROM <stage>` and `--from=<stage>` build on).
     final_keys: Mutex<BTreeMap<usize, crate::cache::CacheKey>>,
+    /// Each built stage's root cause of change since its last build, if any (for explaining
+    /// the misses of stages built on it).
+    causes: Mutex<BTreeMap<usize, String>>,
 }
 
 /// Keeps a running command registered for cancellation; unregisters it when dropped.
@@ -206,6 +214,7 @@ impl<'a> Shared<'a> {
                 .ok(),
             ),
             final_keys: Mutex::new(BTreeMap::new()),
+            causes: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -327,6 +336,9 @@ impl<'a> Shared<'a> {
     fn run_stage(&self, stage: &LoweredStage) -> StageOutcome {
         let mut state: Option<StageState> = None;
         let mut parent: Option<crate::cache::CacheKey> = None;
+        // The first change at this stage's places since its last build, with its location:
+        // what a miss that only inherits its parent's change is explained by.
+        let mut cause: Option<String> = None;
         for step in &stage.steps {
             if self.cancelled.load(Ordering::SeqCst) {
                 return StageOutcome::Stopped;
@@ -339,8 +351,11 @@ impl<'a> Shared<'a> {
                 name: step.name.clone(),
             });
             let outcome = self.step_key(step, parent.as_ref()).and_then(|key| {
-                parent = Some(key.key);
-                self.execute(&mut state, step, key)
+                self.note_cause(&mut cause, step, &key.change);
+                let own = key.key;
+                let result = self.execute(&mut state, step, key, cause.as_deref())?;
+                parent = Some(result.chain.unwrap_or(own));
+                Ok(result)
             });
             match outcome {
                 Ok(result) => self.finish_step(step, started, result),
@@ -364,6 +379,9 @@ impl<'a> Shared<'a> {
         }
         if let Some(key) = parent {
             lock(&self.final_keys).insert(stage.index, key);
+        }
+        if let Some(cause) = cause {
+            lock(&self.causes).insert(stage.index, cause);
         }
         StageOutcome::Built(Box::new(
             state.expect("every stage starts with its FROM step"),
@@ -392,6 +410,7 @@ impl<'a> Shared<'a> {
             layer_seconds: result.layer_seconds,
             key: result.key,
             reason: result.miss,
+            saved_seconds: result.cached.then_some(result.saved_seconds),
         };
         lock(&self.records).push((step.id.number, record));
     }
@@ -403,50 +422,105 @@ impl<'a> Shared<'a> {
         state: &mut Option<StageState>,
         step: &Step,
         key: StepKey,
+        cause: Option<&str>,
     ) -> Result<StepResult, StepError> {
+        let chain = Some(key.key);
         if let Op::Base(source) = &step.op {
             *state = Some(self.start_stage(source)?);
-            return Ok(StepResult::default());
+            return Ok(StepResult {
+                chain,
+                ..StepResult::default()
+            });
         }
         let state = state.as_mut().expect("the FROM step comes first");
         if let Op::Config(change) = &step.op {
             state.config.apply(change);
             self.empty_history(state, &step.created_by);
-            return Ok(StepResult::default());
+            return Ok(StepResult {
+                chain,
+                ..StepResult::default()
+            });
         }
-        if key.cacheable
-            && !self.opts.no_cache
-            && let Some(index) = &self.cache
-            && let Ok(Some(record)) = index.get(&key.key)
-            && self.record_usable(&record)
-        {
-            self.note_lineage(step, &key.key);
+        if !key.cacheable {
+            return self.run_op(state, step);
+        }
+        let look = !self.opts.no_cache && !self.opts.no_cache_filter.contains(&step.stage);
+        if look && let Some(record) = self.lookup(&key.key) {
             let mut result = self.replay(state, step, &record)?;
             result.key = Some(key.key.to_string());
+            result.chain = result.chain.or(chain);
             return Ok(result);
         }
-        let miss = key.cacheable.then(|| self.miss_reason(step, &key));
-        if let Some(reason) = &miss
-            && self.opts.explain_cache
+        // COPY --from=<stage> whose stage changed: what it copies may not have.
+        let content = match &step.op {
+            Op::Copy(c) if c.from.is_some() => self.content_key(c, &key)?,
+            _ => None,
+        };
+        if look
+            && let Some((_, content_key)) = &content
+            && let Some(record) = self.lookup(content_key)
         {
+            let mut result = self.replay(state, step, &record)?;
+            result.key = Some(key.key.to_string());
+            result.chain = Some(*content_key);
+            self.remember(key.document, &result, record.seconds, result.chain);
+            return Ok(result);
+        }
+        let reason = self.miss_reason(&key, cause);
+        if self.opts.require_cache {
+            return Err(StepError::NotCached(reason));
+        }
+        if self.opts.explain_cache {
             self.progress.event(&Event::StepLog {
                 id: step.id.number,
                 line: format!("cache miss: {reason}"),
             });
         }
-        let mut result = match &step.op {
-            Op::Base(_) | Op::Config(_) => unreachable!("handled above"),
+        let started = Instant::now();
+        let mut result = self.run_op(state, step)?;
+        let seconds = started.elapsed().as_secs_f64();
+        result.key = Some(key.key.to_string());
+        result.miss = Some(reason);
+        result.chain = chain;
+        if let Some((document, content_key)) = content {
+            self.remember(document, &result, seconds, None);
+            result.chain = Some(content_key);
+        }
+        self.remember(
+            key.document,
+            &result,
+            seconds,
+            result.chain.filter(|c| Some(*c) != chain),
+        );
+        Ok(result)
+    }
+
+    fn run_op(&self, state: &mut StageState, step: &Step) -> Result<StepResult, StepError> {
+        match &step.op {
+            Op::Base(_) | Op::Config(_) => unreachable!("handled by execute"),
             Op::Mkdir(m) => self.mkdir(state, m, &step.created_by),
             Op::Copy(c) => self.copy(state, c, &step.created_by),
             Op::Run(r) => self.run(state, step, r),
-        }?;
-        if key.cacheable {
-            result.key = Some(key.key.to_string());
-            result.miss = miss;
-            self.note_lineage(step, &key.key);
-            self.remember(key, &result);
         }
-        Ok(result)
+    }
+
+    /// Keeps the first own change at this stage's places (or, at its FROM, the change of
+    /// the stage or image it builds on) as the stage's root cause.
+    fn note_cause(&self, cause: &mut Option<String>, step: &Step, change: &Change) {
+        if let Op::Base(Source::Stage { index, .. }) = &step.op {
+            *cause = self.stage_cause(*index);
+            return;
+        }
+        if cause.is_none()
+            && let Change::Own(text) = change
+        {
+            *cause = Some(format!("{text} ({}:{})", step.loc.file, step.loc.line));
+        }
+    }
+
+    /// The root cause of a built stage's change, if it changed.
+    pub(super) fn stage_cause(&self, stage: usize) -> Option<String> {
+        lock(&self.causes).get(&stage).cloned()
     }
 
     /// A base image the lowering resolved.
@@ -652,13 +726,10 @@ impl<'a> Shared<'a> {
         self.report_fs_warnings();
         self.record_layer(state, &written.diff_id, &desc, created_by);
         Ok(StepResult {
-            cached: false,
-            key: None,
-            miss: None,
             layer: Some(desc),
             diff_id: Some(written.diff_id),
-            diff_seconds: None,
             layer_seconds: Some(layer_seconds),
+            ..StepResult::default()
         })
     }
 

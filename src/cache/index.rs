@@ -63,6 +63,9 @@ pub struct CacheRecord {
     pub last_used: i64,
     /// Bytes of the result's layer blobs.
     pub bytes: u64,
+    /// Seconds the step took when it ran: what a hit saves.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 impl CacheRecord {
@@ -79,6 +82,7 @@ impl CacheRecord {
             result,
             created: now,
             last_used: now,
+            seconds: 0.0,
         })
     }
 }
@@ -224,6 +228,20 @@ impl Index {
             key: record.key,
             source,
         })?;
+        self.write_atomic(&self.record_path(&record.key), &bytes, true)
+    }
+
+    /// Writes `bytes` to `dest` through a lease-named temp file and a rename, so a reader sees
+    /// the old file or the new one, whole, and a killed writer leaves only a temp file that
+    /// [`sweep`](Self::sweep) removes. `durable`: fsync the file and its directory.
+    pub(crate) fn write_atomic(
+        &self,
+        dest: &Path,
+        bytes: &[u8],
+        durable: bool,
+    ) -> Result<(), CacheError> {
+        let dir = dest.parent().unwrap_or(&self.records);
+        fs::create_dir_all(dir).map_err(|e| CacheError::io("creating directory", dir, e))?;
         let token = crate::lease::token(&self.store_root)
             .map_err(|e| CacheError::io("taking a lease in", &self.store_root, e))?;
         let mut tmp = tempfile::Builder::new()
@@ -231,13 +249,25 @@ impl Index {
             .tempfile_in(&self.tmp)
             .map_err(|e| CacheError::io("creating a temp file in", &self.tmp, e))?;
         let tmp_path = tmp.path().to_path_buf();
-        tmp.write_all(&bytes)
-            .and_then(|()| tmp.as_file().sync_all())
+        tmp.write_all(bytes)
+            .and_then(|()| {
+                if durable {
+                    tmp.as_file().sync_all()
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|e| CacheError::io("writing", &tmp_path, e))?;
-        let dest = self.record_path(&record.key);
-        tmp.persist(&dest)
-            .map_err(|e| CacheError::io("renaming into place", &dest, e.error))?;
-        sync_dir(&self.records)
+        tmp.persist(dest)
+            .map_err(|e| CacheError::io("renaming into place", dest, e.error))?;
+        if durable { sync_dir(dir) } else { Ok(()) }
+    }
+
+    /// The cache's directory in the store (`ROOT/kiln/cache`).
+    pub fn dir(&self) -> &Path {
+        self.records
+            .parent()
+            .expect("records live in the cache directory")
     }
 
     /// Every record that verifies, by key. Files that do not parse or verify are skipped

@@ -9,15 +9,20 @@
 //!   atomically; the digests the records reference are GC roots; [`PrunePolicy`] picks what a
 //!   `kiln cache prune` removes.
 //!
+//! - [`history`]: what explains a miss and feeds `kiln cache stats`: the last key document
+//!   seen at each step's place, the per-file digests behind a selection digest, one record per
+//!   build.
+//!
 //! The module takes a step as any `Serialize` value and never names the builder's types: the
 //! builder decides what a step's inputs are, this module only hashes, stores and compares them.
-//! Not wired into the builder yet.
 
+pub mod history;
 pub mod index;
 pub mod key;
 
 use std::path::PathBuf;
 
+pub use history::{BuildStats, Place, SelectedFile, StepStats};
 pub use index::{CacheRecord, CacheResult, Index, PrunePolicy, RemoveReport, Roots};
 pub use key::{
     CacheKey, FieldChange, KEY_FORMAT_VERSION, KeyDocument, KeySettings, LayerSettings, Parent,

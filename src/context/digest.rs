@@ -266,6 +266,28 @@ impl ContextDigester {
         self.index.state
     }
 
+    /// The paths `filter` keeps in the context (its walk, done once per filter and shared
+    /// with [`digest`](Self::digest)).
+    pub fn kept(&mut self, filter: &ContextFilter) -> Result<HashSet<PathBuf>, DigestError> {
+        let walked = self.walked(filter)?;
+        Ok(walked.entries.iter().map(|e| e.path.clone()).collect())
+    }
+
+    fn walked(&mut self, filter: &ContextFilter) -> Result<&Walked, DigestError> {
+        let fingerprint = filter.fingerprint();
+        if !self.walks.contains_key(&fingerprint) {
+            let entries = filter.walk(&self.root)?;
+            let position = entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.path.as_os_str().as_bytes().to_vec(), i))
+                .collect();
+            self.walks
+                .insert(fingerprint.clone(), Walked { entries, position });
+        }
+        Ok(&self.walks[&fingerprint])
+    }
+
     /// Digests `roots` (relative to the context; cleaned as `path.Clean("/" + p)`, so `.` and
     /// `/` are the context itself) as the filter keeps them. The roots are taken as they are:
     /// the caller has expanded wildcards and followed symlinks the way its selector says; a

@@ -1,0 +1,251 @@
+//! What the cache remembers besides its records, to explain itself:
+//!
+//! ```text
+//! ROOT/kiln/cache/lineage/<hex>      the last key document seen at a step's place
+//! ROOT/kiln/cache/selections/<hex>   the per-file digests behind a selection digest
+//! ROOT/kiln/cache/builds/<t>-<n>.json one record per build, for `kiln cache stats`
+//! ```
+//!
+//! A *place* is what stays the same from one build of a Dockerfile to the next while its
+//! inputs change: the Dockerfile path, the context directory, the stage and the step's position
+//! in it. A miss is explained against the document last seen at its place. These files are
+//! local only: they hold plaintext values (build args) that never leave the machine.
+//!
+//! All writes go through [`Index::write_atomic`]; every read treats a missing or damaged file
+//! as "nothing remembered", so at worst an explanation is less precise, never a build fails.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{CacheError, CacheKey, Index, KeyDocument};
+
+const LINEAGE: &str = "lineage";
+const SELECTIONS: &str = "selections";
+const BUILDS: &str = "builds";
+
+/// The identity of a step's place (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place(CacheKey);
+
+impl Place {
+    /// The place of step `position` of `stage`, in `dockerfile` built from `context`.
+    pub fn new(dockerfile: &str, context: &str, stage: &str, position: usize) -> Place {
+        let id = serde_json::json!([dockerfile, context, stage, position]);
+        Place(CacheKey::of(id.to_string().as_bytes()))
+    }
+}
+
+/// One file of a selection: its path and its digest (both as text).
+pub type SelectedFile = (String, String);
+
+/// One step of a [`BuildStats`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// `Dockerfile:12`
+    pub location: String,
+    pub stage: String,
+    pub instruction: String,
+    pub key: CacheKey,
+    pub cached: bool,
+    /// Seconds the step took in this build.
+    pub seconds: f64,
+    /// A hit: the seconds the step took when it ran (what the hit saved).
+    pub saved_seconds: f64,
+    /// Bytes of the layers reused (a hit) or written (a miss).
+    pub bytes: u64,
+    /// Why it missed.
+    pub reason: Option<String>,
+}
+
+/// One build, as `kiln cache stats` reads it. Only steps with a key (those that make or may
+/// make a layer) are listed: FROM and config-only steps are not counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildStats {
+    /// Unix seconds when the build ended.
+    pub time: i64,
+    pub dockerfile: String,
+    pub context: String,
+    /// The image's manifest digest.
+    pub image: String,
+    pub seconds: f64,
+    pub steps: Vec<StepStats>,
+}
+
+impl BuildStats {
+    pub fn hits(&self) -> usize {
+        self.steps.iter().filter(|s| s.cached).count()
+    }
+
+    pub fn saved_seconds(&self) -> f64 {
+        self.steps.iter().fold(0.0, |a, s| a + s.saved_seconds)
+    }
+}
+
+impl Index {
+    fn lineage_path(&self, place: &Place) -> PathBuf {
+        self.dir().join(LINEAGE).join(place.0.hex())
+    }
+
+    /// The key document last seen at `place`.
+    pub fn last_at(&self, place: &Place) -> Option<KeyDocument> {
+        let bytes = fs::read(self.lineage_path(place)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Remembers `document` as the last seen at `place` (not fsynced: losing it costs only an
+    /// explanation).
+    pub fn set_last_at(&self, place: &Place, document: &KeyDocument) -> Result<(), CacheError> {
+        let bytes = serde_json::to_vec(document).map_err(CacheError::Document)?;
+        self.write_atomic(&self.lineage_path(place), &bytes, false)
+    }
+
+    fn selection_path(&self, digest: &str) -> Option<PathBuf> {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.dir().join(SELECTIONS).join(hex))
+    }
+
+    /// Whether the files of the selection `digest` are remembered.
+    pub fn has_selection(&self, digest: &str) -> bool {
+        self.selection_path(digest).is_some_and(|p| p.exists())
+    }
+
+    /// Remembers the files behind the selection `digest` (content-addressed: written once).
+    pub fn put_selection(&self, digest: &str, files: &[SelectedFile]) -> Result<(), CacheError> {
+        let Some(path) = self.selection_path(digest) else {
+            return Ok(());
+        };
+        if path.exists() {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(files).map_err(CacheError::Document)?;
+        self.write_atomic(&path, &bytes, false)
+    }
+
+    /// The files behind the selection `digest`, when remembered.
+    pub fn selection(&self, digest: &str) -> Option<Vec<SelectedFile>> {
+        let bytes = fs::read(self.selection_path(digest)?).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Removes remembered selections no record's document names (after a prune). Returns how
+    /// many went.
+    pub fn sweep_selections(&self) -> Result<u64, CacheError> {
+        let dir = self.dir().join(SELECTIONS);
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return Ok(0);
+        };
+        let mut named = std::collections::BTreeSet::new();
+        for r in self.list()? {
+            collect_digests(&r.document.inputs, &mut named);
+        }
+        let mut removed = 0;
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if !named.contains(&name) && fs::remove_file(ent.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Appends the record of one build.
+    pub fn add_build(&self, build: &BuildStats) -> Result<(), CacheError> {
+        let bytes = serde_json::to_vec(build).map_err(CacheError::Document)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!("{nanos:024}-{}.json", std::process::id());
+        self.write_atomic(&self.dir().join(BUILDS).join(name), &bytes, false)
+    }
+
+    /// The last `last` builds (all when `None`), oldest first. Damaged files are skipped.
+    pub fn builds(&self, last: Option<usize>) -> Result<Vec<BuildStats>, CacheError> {
+        let dir = self.dir().join(BUILDS);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(CacheError::io("listing", &dir, e)),
+        };
+        let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| CacheError::io("listing", &dir, e))?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".json") {
+                names.insert(name, ent.path());
+            }
+        }
+        let skip = last.map_or(0, |n| names.len().saturating_sub(n));
+        Ok(names
+            .into_values()
+            .skip(skip)
+            .filter_map(|p| serde_json::from_slice(&fs::read(p).ok()?).ok())
+            .collect())
+    }
+}
+
+/// Every `sha256:<hex>` string in `v`, as hex.
+fn collect_digests(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::String(s) => {
+            if let Some(hex) = s.strip_prefix("sha256:") {
+                out.insert(hex.to_string());
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_digests(x, out)),
+        serde_json::Value::Object(m) => m.values().for_each(|x| collect_digests(x, out)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lineage_selections_and_builds_round_trip() {
+        let t = tempfile::tempdir().unwrap();
+        let ix = Index::open(t.path()).unwrap();
+        let place = Place::new("Dockerfile", "/ctx", "0", 3);
+        assert_eq!(ix.last_at(&place), None);
+        let doc = KeyDocument::new(
+            &super::super::KeySettings::new(
+                &crate::platform::Platform::host(),
+                super::super::LayerSettings::new(crate::layer::Compression::gzip(), None),
+            ),
+            super::super::Parent::Scratch,
+            &serde_json::json!({"op": 1}),
+        )
+        .unwrap();
+        ix.set_last_at(&place, &doc).unwrap();
+        assert_eq!(ix.last_at(&place), Some(doc));
+        assert_eq!(ix.last_at(&Place::new("Dockerfile", "/ctx", "0", 4)), None);
+
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let files = vec![("a".to_string(), "x".to_string())];
+        ix.put_selection(&d, &files).unwrap();
+        assert_eq!(ix.selection(&d), Some(files));
+        assert_eq!(ix.selection("sha256:../../etc"), None);
+        assert_eq!(ix.sweep_selections().unwrap(), 1, "no record names it");
+        assert!(!ix.has_selection(&d));
+
+        for n in 0..3 {
+            let b = BuildStats {
+                time: n,
+                dockerfile: "Dockerfile".into(),
+                context: "/ctx".into(),
+                image: String::new(),
+                seconds: 1.0,
+                steps: Vec::new(),
+            };
+            ix.add_build(&b).unwrap();
+        }
+        let all = ix.builds(None).unwrap();
+        assert_eq!(all.iter().map(|b| b.time).collect::<Vec<_>>(), [0, 1, 2]);
+        let last = ix.builds(Some(2)).unwrap();
+        assert_eq!(last.iter().map(|b| b.time).collect::<Vec<_>>(), [1, 2]);
+    }
+}
