@@ -368,7 +368,7 @@ fn wildcards_and_symlinks_are_keyed_by_what_they_select() {
     assert!(keyed(&b).iter().all(|(_, c)| *c), "{:?}", keyed(&b));
     write(ctx.path(), "c.txt", "c");
     let b = build_as(who, store.path(), ctx.path(), df, &["--explain-cache"], &[]);
-    assert_eq!(keyed(&b)[0].1, false, "a new match misses");
+    assert!(!keyed(&b)[0].1, "a new match misses");
     assert!(
         b.stderr().contains("cache miss: 1 file changed (c.txt)"),
         "{}",
