@@ -495,3 +495,109 @@ fn cache_stats_match_the_metadata_files() {
     assert!(text.contains("most missed:"), "{text}");
     assert!(text.contains("--no-cache"), "{text}");
 }
+
+/// Serves the current `body` for any path, counting requests; stops after `max` requests or
+/// when the test ends (the listener is non-blocking and the thread exits on a flag).
+fn serve_changing(
+    body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            let mut conn = match listener.accept() {
+                Ok((c, _)) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                Err(_) => return,
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let body = body.lock().unwrap().clone();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&body);
+        }
+    });
+    (format!("http://{addr}"), handle)
+}
+
+/// ADD of a URL: with `--checksum` a hit downloads nothing; without it the URL is fetched
+/// every build and keyed by its bytes, so a changed file misses and an unchanged one hits.
+#[test]
+fn add_url_is_keyed_by_checksum_or_content() {
+    use std::sync::atomic::Ordering;
+    let who = Runner::Root;
+    let Some(store) = runner_store(who, "add_url_keyed") else {
+        return;
+    };
+    let ctx = runner_dir(who);
+    let body = std::sync::Arc::new(std::sync::Mutex::new(b"one\n".to_vec()));
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url, server) = serve_changing(body.clone(), count.clone(), stop.clone());
+    let sum = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"one\n"))
+    };
+    let df = format!(
+        "FROM busybox\nADD --checksum=sha256:{sum} {url}/pinned.txt /pinned.txt\nADD {url}/live.txt /live.txt\n"
+    );
+    let first = build_as(who, store.path(), ctx.path(), &df, &[], &[]);
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    assert!(keyed(&first).iter().all(|(_, c)| !c));
+    let second = build_as(who, store.path(), ctx.path(), &df, &[], &[]);
+    assert!(
+        keyed(&second).iter().all(|(_, c)| *c),
+        "{:?}",
+        keyed(&second)
+    );
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        3,
+        "only the unpinned URL is fetched"
+    );
+    *body.lock().unwrap() = b"two\n".to_vec();
+    let third = build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        &df,
+        &["--explain-cache"],
+        &[],
+    );
+    assert_eq!(
+        keyed(&third).iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+        [true, false]
+    );
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        4,
+        "fetched once, for the key and the copy"
+    );
+    assert_eq!(third.read("live.txt"), "two\n");
+    assert!(
+        third.stderr().contains(&format!(
+            "cache miss: the content at {url}/live.txt changed"
+        )),
+        "{}",
+        third.stderr()
+    );
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+}

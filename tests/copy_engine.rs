@@ -222,6 +222,7 @@ fn entries(spec: &Spec, src: Src<'_>, dest_root: &Path) -> Result<Vec<LayerEntry
         unpack: spec.unpack,
         checksum: spec.checksum.as_deref(),
         now: NOW,
+        fetched: &Default::default(),
     };
     let before = snapshot(dest_root);
     let out = copy_entries(&req, dest_root);

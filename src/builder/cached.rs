@@ -64,7 +64,7 @@ impl Shared<'_> {
             Op::Mkdir(_) => (Value::Null, true),
             Op::Copy(c) => match &c.from {
                 Some(source) => (json!({ "from": self.source_key(source)? }), true),
-                None if c.sources.iter().any(|s| is_url(s)) => (Value::Null, false),
+                None if c.add && c.sources.iter().any(|s| is_url(s)) => self.url_inputs(c),
                 None => match self.context_digest(&c.sources, c.parents) {
                     Some(d) => (json!({ "context": d }), true),
                     None => (Value::Null, false),
@@ -110,6 +110,36 @@ impl Shared<'_> {
             cacheable,
             change,
         })
+    }
+
+    /// What an ADD of URLs reads: with `--checksum`, the checksum (a hit downloads nothing);
+    /// otherwise each URL's bytes and `Last-Modified` time, fetched now and handed to the
+    /// copy, as BuildKit keys an HTTP source by its content (so such an ADD fetches every
+    /// build). Local sources beside them are digested as a COPY's. Not cacheable when a fetch
+    /// fails: the step runs and reports the download's error.
+    fn url_inputs(&self, c: &CopyOp) -> (Value, bool) {
+        if let Some(sum) = &c.checksum {
+            return (json!({ "checksum": sum }), true);
+        }
+        let mut urls = Vec::new();
+        for url in c.sources.iter().filter(|s| is_url(s)) {
+            let Ok(f) = super::copy::fetch(url) else {
+                return (Value::Null, false);
+            };
+            urls.push(json!([CacheKey::of(&f.body).to_string(), f.mtime]));
+            self.fetched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(url.clone(), f);
+        }
+        let local: Vec<String> = c.sources.iter().filter(|s| !is_url(s)).cloned().collect();
+        if local.is_empty() {
+            return (json!({ "urls": urls }), true);
+        }
+        match self.context_digest(&local, c.parents) {
+            Some(d) => (json!({ "urls": urls, "context": d }), true),
+            None => (Value::Null, false),
+        }
     }
 
     /// The key document of `step` on `parent` reading `inputs`.
@@ -423,6 +453,25 @@ impl Shared<'_> {
             return match i.and_then(|i| files(&format!("/mounts/{i}"))) {
                 Some(text) => format!("bind mount: {text}"),
                 None => "the files a mount reads changed".to_string(),
+            };
+        }
+        if path.starts_with("inputs.urls") {
+            let urls: Vec<&str> = match &step.op {
+                Op::Copy(c) => c
+                    .sources
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|s| is_url(s))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let i: Option<usize> = path
+                .strip_prefix("inputs.urls[")
+                .and_then(|r| r.split(']').next())
+                .and_then(|n| n.parse().ok());
+            return match i.and_then(|i| urls.get(i)) {
+                Some(url) => format!("the content at {url} changed"),
+                None => "a downloaded file changed".to_string(),
             };
         }
         if path.starts_with("inputs.from") {

@@ -117,6 +117,24 @@ pub struct CopyRequest<'a> {
     pub checksum: Option<&'a str>,
     /// mtime of the entries kiln creates (new parent directories, heredoc files, downloads).
     pub now: i64,
+    /// URLs already fetched (to key the step by their bytes): used instead of a download.
+    pub fetched: &'a BTreeMap<String, Fetched>,
+}
+
+/// A downloaded URL: its body and `Last-Modified` time, if any.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub body: Arc<[u8]>,
+    pub mtime: Option<i64>,
+}
+
+/// Downloads `url` (what an ADD of it reads).
+pub fn fetch(url: &str) -> Result<Fetched, CopyError> {
+    let (body, mtime) = download(url)?;
+    Ok(Fetched {
+        body: Arc::from(body),
+        mtime,
+    })
 }
 
 /// Why a COPY/ADD cannot be done. The messages follow BuildKit's where it has one.
@@ -404,11 +422,13 @@ pub fn copy_entries(req: &CopyRequest<'_>, dest_root: &Path) -> Result<Vec<Layer
                 cx.dest.put(e, false)?;
             }
             Item::Url(url) => {
-                let (body, mtime) = download(&url)?;
+                let Fetched { body, mtime } = match req.fetched.get(&url) {
+                    Some(f) => f.clone(),
+                    None => fetch(&url)?,
+                };
                 if let Some(sum) = &checksum {
                     sum.verify(&body)?;
                 }
-                let body: Arc<[u8]> = Arc::from(body);
                 let unpacked = if req.unpack == Some(true) {
                     let bytes = body.clone();
                     let open = move || -> io::Result<Box<dyn Read>> {

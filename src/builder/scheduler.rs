@@ -103,6 +103,8 @@ pub(super) struct Shared<'a> {
     /// Each built stage's root cause of change since its last build, if any (for explaining
     /// the misses of stages built on it).
     causes: Mutex<BTreeMap<usize, String>>,
+    /// URLs fetched to key an ADD by their bytes, until the ADD runs.
+    pub fetched: Mutex<BTreeMap<String, copy::Fetched>>,
 }
 
 /// Keeps a running command registered for cancellation; unregisters it when dropped.
@@ -215,6 +217,7 @@ impl<'a> Shared<'a> {
             ),
             final_keys: Mutex::new(BTreeMap::new()),
             causes: Mutex::new(BTreeMap::new()),
+            fetched: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -523,6 +526,15 @@ impl<'a> Shared<'a> {
         lock(&self.causes).get(&stage).cloned()
     }
 
+    /// The fetched bodies of `sources` that are URLs (each handed out once).
+    fn take_fetched(&self, sources: &[String]) -> BTreeMap<String, copy::Fetched> {
+        let mut fetched = lock(&self.fetched);
+        sources
+            .iter()
+            .filter_map(|s| Some((s.clone(), fetched.remove(s)?)))
+            .collect()
+    }
+
     /// A base image the lowering resolved.
     pub(super) fn base_image(&self, reference: &str) -> Option<&StoredImage> {
         self.bases.get(reference)
@@ -643,6 +655,7 @@ impl<'a> Shared<'a> {
             unpack: c.unpack,
             checksum: c.checksum.as_deref(),
             now: self.now,
+            fetched: &self.take_fetched(&c.sources),
         };
         let entries = copy::copy_entries(&req, self.fss.root(&state.fs)?)?;
         self.report_fs_warnings();
@@ -689,6 +702,7 @@ impl<'a> Shared<'a> {
             unpack: None,
             checksum: None,
             now: self.now,
+            fetched: &BTreeMap::new(),
         };
         let entries = copy::copy_entries(&req, self.fss.root(&state.fs)?)?;
         self.report_fs_warnings();
