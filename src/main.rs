@@ -131,6 +131,12 @@ struct BuildArgs {
     /// Say why each cache miss missed.
     #[arg(long = "explain-cache")]
     explain_cache: bool,
+    /// Read cached steps from type=local,src=DIR (repeatable).
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    cache_from: Vec<String>,
+    /// Write the build's cache to type=local,dest=DIR[,mode=min|max][,mounts=true] (repeatable).
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    cache_to: Vec<String>,
     /// How many stages run at once (default: the number of cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
@@ -627,6 +633,16 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
     if on_stdout == 1 {
         refuse_terminal("the export", "give the output a dest=FILE")?;
     }
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|s| kiln::cache::exchange::LocalImport::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|s| kiln::cache::exchange::LocalExport::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let tags: Vec<ImageRef> = args
         .tags
         .iter()
@@ -666,6 +682,8 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
         jobs: args.jobs.map_or_else(default_jobs, usize::from),
         no_cache: args.no_cache,
         explain_cache: args.explain_cache,
+        cache_from,
+        cache_to,
     };
     let progress: Box<dyn Progress> = match (args.quiet, args.progress) {
         (true, _) | (_, ProgressMode::Quiet) => Box::new(Quiet),

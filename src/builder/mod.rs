@@ -11,6 +11,7 @@
 //! the stage. RUN runs in the sandbox on the same snapshots and the upperdir becomes the layer.
 
 pub mod cache_admin;
+mod cache_exchange;
 pub mod cached;
 pub mod config;
 pub mod container;
@@ -76,6 +77,10 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// `--explain-cache`: say why each cache miss missed.
     pub explain_cache: bool,
+    /// `--cache-from type=local`: caches a local miss is looked up in.
+    pub cache_from: Vec<crate::cache::exchange::LocalImport>,
+    /// `--cache-to type=local`: where the build's cache is written after it succeeds.
+    pub cache_to: Vec<crate::cache::exchange::LocalExport>,
 }
 
 /// One step of the build, for `--metadata-file` and the caller's summary.
@@ -151,6 +156,9 @@ pub enum BuildError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Filesystem(#[from] crate::snapshot::SnapshotError),
+    /// Writing `--cache-to` failed.
+    #[error("--cache-to")]
+    CacheExport(#[from] crate::cache::ExchangeError),
     /// `kiln run` could not run the image.
     #[error(transparent)]
     Run(#[from] container::RunImageError),
@@ -353,7 +361,9 @@ pub fn build(
     progress.event(&Event::Notice {
         message: format!("snapshotter: {}", fss.kind()),
     });
-    let shared = scheduler::Shared::new(
+    let imports = cache_exchange::open_imports(&opts.cache_from, progress);
+    cache_exchange::restore_mounts(store, &imports, opts.single_id, progress);
+    let mut shared = scheduler::Shared::new(
         store,
         &fss,
         opts,
@@ -362,6 +372,7 @@ pub fn build(
         bases.into_images(),
         &graph.build_args,
     );
+    shared.imports = imports;
     let now = shared.now;
     let built = shared.run_stages(&lowered, &graph)?;
     // FROM and config-only steps make no layer and are not counted.
@@ -382,6 +393,7 @@ pub fn build(
     for tag in &opts.tags {
         store.tag(tag, &manifest)?;
     }
+    cache_exchange::export(store, opts, &lowered, graph.target, &built.records)?;
     let image = store.resolve(manifest.digest().as_ref())?;
     progress.event(&Event::ImageWritten {
         manifest_digest: image.digest().to_string(),

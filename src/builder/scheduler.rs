@@ -95,6 +95,8 @@ pub(super) struct Shared<'a> {
     pub digester: Mutex<Option<crate::context::ContextDigester>>,
     /// Each built stage's last key (what `FROM <stage>` and `--from=<stage>` build on).
     final_keys: Mutex<BTreeMap<usize, crate::cache::CacheKey>>,
+    /// `--cache-from` caches, read after a local miss.
+    pub imports: Vec<crate::cache::exchange::Imported>,
 }
 
 /// Keeps a running command registered for cancellation; unregisters it when dropped.
@@ -206,6 +208,7 @@ impl<'a> Shared<'a> {
                 .ok(),
             ),
             final_keys: Mutex::new(BTreeMap::new()),
+            imports: Vec::new(),
         }
     }
 
@@ -416,9 +419,7 @@ impl<'a> Shared<'a> {
         }
         if key.cacheable
             && !self.opts.no_cache
-            && let Some(index) = &self.cache
-            && let Ok(Some(record)) = index.get(&key.key)
-            && self.record_usable(&record)
+            && let Some(record) = self.cached_record(&key)
         {
             self.note_lineage(step, &key.key);
             let mut result = self.replay(state, step, &record)?;

@@ -8,16 +8,19 @@
 //!   diffIDs, config change, the key document, created/last-used times, bytes), written
 //!   atomically; the digests the records reference are GC roots; [`PrunePolicy`] picks what a
 //!   `kiln cache prune` removes.
+//! - [`exchange`]: `--cache-to`/`--cache-from type=local`: records and their blobs as an OCI
+//!   layout with one image manifest, key documents redacted to per-field digests.
 //!
 //! The module takes a step as any `Serialize` value and never names the builder's types: the
 //! builder decides what a step's inputs are, this module only hashes, stores and compares them.
-//! Not wired into the builder yet.
 
+pub mod exchange;
 pub mod index;
 pub mod key;
 
 use std::path::PathBuf;
 
+pub use exchange::ExchangeError;
 pub use index::{CacheRecord, CacheResult, Index, PrunePolicy, RemoveReport, Roots};
 pub use key::{
     CacheKey, FieldChange, KEY_FORMAT_VERSION, KeyDocument, KeySettings, LayerSettings, Parent,
