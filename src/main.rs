@@ -636,12 +636,12 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
     let cache_from = args
         .cache_from
         .iter()
-        .map(|s| kiln::cache::exchange::LocalImport::parse(s))
+        .map(|s| kiln::builder::LocalImport::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
     let cache_to = args
         .cache_to
         .iter()
-        .map(|s| kiln::cache::exchange::LocalExport::parse(s))
+        .map(|s| kiln::builder::LocalExport::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
     let tags: Vec<ImageRef> = args
         .tags

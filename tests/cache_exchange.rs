@@ -115,10 +115,7 @@ fn exchange(who: Runner) {
     write(ctx.path(), "a.txt", "a");
     write(ctx.path(), "tool.txt", "tool");
     let cache = files.path().join("cache");
-    let to = format!(
-        "type=local,dest={},mode=max,mounts=true",
-        cache.display()
-    );
+    let to = format!("type=local,dest={},mode=max,mounts=true", cache.display());
     let from = format!("type=local,src={}", cache.display());
     let sde = [("SOURCE_DATE_EPOCH", "1700000000")];
     let arg = format!("SECRETISH={MARKER}");
@@ -143,13 +140,23 @@ fn exchange(who: Runner) {
     );
     let steps = keyed(&second);
     assert!(steps.len() >= 6, "{steps:?}");
-    assert!(steps.iter().all(|(_, c)| *c), "every step reused: {steps:?}");
+    assert!(
+        steps.iter().all(|(_, c)| *c),
+        "every step reused: {steps:?}"
+    );
     assert_eq!(second.id, first.id, "the same image");
     assert_eq!(second.read("ran.txt"), "ran\n");
     assert_eq!(second.read("tool.out"), "tool");
 
     // The imported records are local now: a build without --cache-from still hits.
-    let third = build_as(who, two.path(), ctx.path(), DOCKERFILE, &["--build-arg", &arg], &sde);
+    let third = build_as(
+        who,
+        two.path(),
+        ctx.path(),
+        DOCKERFILE,
+        &["--build-arg", &arg],
+        &sde,
+    );
     assert!(keyed(&third).iter().all(|(_, c)| *c), "{:?}", keyed(&third));
 
     // The cache mount came along: a new RUN (a miss) sees the first build's file and owner.
@@ -225,8 +232,14 @@ fn skopeo_reads_the_export_as_an_image_manifest() {
         &[],
     );
     let raw = skopeo_inspect(&format!("oci:{}:kiln-cache", dest.display()), true).unwrap();
-    assert_eq!(raw["mediaType"], "application/vnd.oci.image.manifest.v1+json");
-    assert_eq!(raw["config"]["mediaType"], "application/vnd.kiln.cache.v1+json");
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        raw["config"]["mediaType"],
+        "application/vnd.kiln.cache.v1+json"
+    );
     assert_eq!(raw["layers"].as_array().unwrap().len(), 2, "{raw}");
     // Written again (a second build, another step): one manifest still, blobs kiln did not
     // make are left alone.
@@ -260,7 +273,11 @@ fn bad_cache_specs() {
         ("--cache-to", "type=local", "dest=DIR is missing"),
         ("--cache-to", "type=s3,dest=/x", "unknown type \"s3\""),
         ("--cache-to", "type=local,dest=/x,mode=all", "min or max"),
-        ("--cache-to", "type=local,dest=/x,colour=red", "unknown option \"colour\""),
+        (
+            "--cache-to",
+            "type=local,dest=/x,colour=red",
+            "unknown option \"colour\"",
+        ),
         ("--cache-from", "type=local", "src=DIR is missing"),
         (
             "--cache-from",
@@ -270,7 +287,10 @@ fn bad_cache_specs() {
         ("--cache-from", "example.com/app:cache", "not supported yet"),
     ] {
         let err = build_error_as(who, store.path(), ctx.path(), df, &[flag, spec], &[]);
-        assert!(err.contains(flag) && err.contains(says), "{flag} {spec}: {err}");
+        assert!(
+            err.contains(flag) && err.contains(says),
+            "{flag} {spec}: {err}"
+        );
         assert!(!err.contains("ran"), "nothing ran: {err}");
     }
     let missing = ctx.path().join("no-such-cache");
@@ -278,7 +298,14 @@ fn bad_cache_specs() {
     std::fs::write(not_cache.path().join("index.json"), "{}").unwrap();
     for src in [missing.as_path(), not_cache.path()] {
         let spec = format!("type=local,src={}", src.display());
-        let b = build_as(who, store.path(), ctx.path(), df, &["--cache-from", &spec], &[]);
+        let b = build_as(
+            who,
+            store.path(),
+            ctx.path(),
+            df,
+            &["--cache-from", &spec],
+            &[],
+        );
         assert!(b.stderr().contains("warning:"), "{}", b.stderr());
         assert_eq!(b.read("ran"), "ran\n");
     }

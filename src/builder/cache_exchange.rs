@@ -143,7 +143,10 @@ fn restore_mount(
     if &report.diff_id != diff_id {
         return Err(ExchangeError::Invalid {
             dir: import.dir().to_path_buf(),
-            message: format!("cache mount layer {} does not match its diffID", desc.digest()),
+            message: format!(
+                "cache mount layer {} does not match its diffID",
+                desc.digest()
+            ),
         });
     }
     let id_file = tmp.path().join("id");

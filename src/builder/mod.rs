@@ -26,6 +26,8 @@ pub mod run;
 pub mod scheduler;
 pub mod step;
 
+/// `--cache-to`/`--cache-from` specs, for the CLI.
+pub use crate::cache::exchange::{LocalExport, LocalImport};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

@@ -123,10 +123,7 @@ pub struct LocalImport {
 }
 
 /// `k=v,k=v` → fields; the type checked and removed.
-fn spec_fields(
-    flag: &'static str,
-    spec: &str,
-) -> Result<HashMap<String, String>, ExchangeError> {
+fn spec_fields(flag: &'static str, spec: &str) -> Result<HashMap<String, String>, ExchangeError> {
     let err = |message: String| ExchangeError::Spec {
         flag,
         spec: spec.to_string(),
@@ -385,21 +382,16 @@ impl LayoutWriter {
         self.persist(tmp, expected)
     }
 
-    fn persist(
-        &self,
-        tmp: tempfile::NamedTempFile,
-        digest: &Digest,
-    ) -> Result<(), ExchangeError> {
+    fn persist(&self, tmp: tempfile::NamedTempFile, digest: &Digest) -> Result<(), ExchangeError> {
         tmp.as_file()
             .sync_all()
             .map_err(io_err("syncing", tmp.path()))?;
         let dest = self.blob_path(digest);
-        tmp.persist(&dest)
-            .map_err(|e| ExchangeError::Io {
-                action: "renaming into place",
-                path: dest.clone(),
-                source: e.error,
-            })?;
+        tmp.persist(&dest).map_err(|e| ExchangeError::Io {
+            action: "renaming into place",
+            path: dest.clone(),
+            source: e.error,
+        })?;
         // Readable by whoever restores the cache (a CI runner's other user).
         let _ = fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o644));
         Ok(())
@@ -452,14 +444,15 @@ impl LayoutWriter {
             out.flush().map_err(io_err("writing", &self.blobs))?;
             w
         };
-        let digest: Digest = written
-            .digest
-            .to_string()
-            .parse()
-            .map_err(|_| ExchangeError::Invalid {
-                dir: self.dir.clone(),
-                message: "a written layer has no sha256 digest".into(),
-            })?;
+        let digest: Digest =
+            written
+                .digest
+                .to_string()
+                .parse()
+                .map_err(|_| ExchangeError::Invalid {
+                    dir: self.dir.clone(),
+                    message: "a written layer has no sha256 digest".into(),
+                })?;
         self.persist(tmp, &digest)?;
         let desc = Descriptor::new(MediaType::from(written.media_type), written.size, digest);
         let layer = self.add_layer(&desc, written.diff_id);
@@ -496,7 +489,8 @@ impl LayoutWriter {
             "layers": self.layers.iter().map(|(d, _)| d).collect::<Vec<_>>(),
             "annotations": { "org.opencontainers.image.title": "kiln build cache" },
         });
-        let mut manifest_desc = self.put_json("application/vnd.oci.image.manifest.v1+json", &manifest)?;
+        let mut manifest_desc =
+            self.put_json("application/vnd.oci.image.manifest.v1+json", &manifest)?;
         manifest_desc.set_annotations(Some(
             [(REF_ANNOTATION.to_string(), REF_NAME.to_string())].into(),
         ));
@@ -697,7 +691,11 @@ impl Imported {
         let r = &self.config.records[*self.by_key.get(key)?];
         Some(CacheResult {
             layers: r.layers.iter().map(|&i| self.layers[i].clone()).collect(),
-            diff_ids: r.layers.iter().map(|&i| self.config.layers[i].diff_id).collect(),
+            diff_ids: r
+                .layers
+                .iter()
+                .map(|&i| self.config.layers[i].diff_id)
+                .collect(),
             config: Value::Null,
         })
     }
@@ -712,7 +710,7 @@ impl Imported {
             let mut from = File::open(&path).map_err(io_err("opening", &path))?;
             let mut w = store.blob_writer()?;
             io::copy(&mut from, &mut w).map_err(io_err("reading", &path))?;
-            w.finish_expecting(&desc.media_type().to_string(), desc.digest())?;
+            w.finish_expecting(desc.media_type().as_ref(), desc.digest())?;
         }
         Ok(())
     }
@@ -788,7 +786,10 @@ mod tests {
                 mounts: true
             }
         );
-        assert_eq!(LocalExport::parse("type=local,dest=d").unwrap().mode, ExportMode::Min);
+        assert_eq!(
+            LocalExport::parse("type=local,dest=d").unwrap().mode,
+            ExportMode::Min
+        );
         assert_eq!(
             LocalImport::parse("type=local,src=/y").unwrap().src,
             PathBuf::from("/y")
@@ -805,7 +806,9 @@ mod tests {
             let e = LocalExport::parse(bad).unwrap_err().to_string();
             assert!(e.contains(says) && e.contains("--cache-to"), "{bad}: {e}");
         }
-        let e = LocalImport::parse("type=local,dest=d").unwrap_err().to_string();
+        let e = LocalImport::parse("type=local,dest=d")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("src=DIR is missing"), "{e}");
     }
 
@@ -815,12 +818,24 @@ mod tests {
         let b = doc("echo other");
         let (ra, rb) = (redact(&a).unwrap(), redact(&b).unwrap());
         let text = ra.to_string();
-        assert!(!text.contains("plaintext-marker") && !text.contains("linux/amd64"), "{text}");
+        assert!(
+            !text.contains("plaintext-marker") && !text.contains("linux/amd64"),
+            "{text}"
+        );
         assert_eq!(ra["step"]["op"]["run"]["argv"].as_array().unwrap().len(), 3);
-        assert_eq!(ra["step"]["op"]["run"]["argv"][0], rb["step"]["op"]["run"]["argv"][0]);
-        assert_ne!(ra["step"]["op"]["run"]["argv"][2], rb["step"]["op"]["run"]["argv"][2]);
+        assert_eq!(
+            ra["step"]["op"]["run"]["argv"][0],
+            rb["step"]["op"]["run"]["argv"][0]
+        );
+        assert_ne!(
+            ra["step"]["op"]["run"]["argv"][2],
+            rb["step"]["op"]["run"]["argv"][2]
+        );
         // Numbers and strings of the same text differ.
-        assert_ne!(ra["layer"]["source_date_epoch"], json!(format!("sha256:{}", hex::encode(Sha256::digest("\"7\"")))));
+        assert_ne!(
+            ra["layer"]["source_date_epoch"],
+            json!(format!("sha256:{}", hex::encode(Sha256::digest("\"7\""))))
+        );
         // A key that is not a plain field name is digested too.
         let mut c = a.clone();
         c.inputs = json!({ "files": { "SECRET_NAME.txt": 1 } });
@@ -833,7 +848,9 @@ mod tests {
     fn layout_is_one_image_manifest_with_a_kiln_config() {
         let t = tempfile::tempdir().unwrap();
         let store = Store::open(&t.path().join("store")).unwrap();
-        let blob = store.put_bytes(crate::layer::MEDIA_TYPE_LAYER_GZIP, b"layer bytes").unwrap();
+        let blob = store
+            .put_bytes(crate::layer::MEDIA_TYPE_LAYER_GZIP, b"layer bytes")
+            .unwrap();
         let document = doc("echo plaintext-marker");
         let record = CacheRecord::new(
             document.clone(),
@@ -850,19 +867,35 @@ mod tests {
         w.add_record(&store, &record).unwrap();
         let desc = w.finish().unwrap();
 
-        let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let index: Value =
+            serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
         let ms = index["manifests"].as_array().unwrap();
         assert_eq!(ms.len(), 1);
-        assert_eq!(ms[0]["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+        assert_eq!(
+            ms[0]["mediaType"],
+            "application/vnd.oci.image.manifest.v1+json"
+        );
         assert_eq!(ms[0]["annotations"][REF_ANNOTATION], REF_NAME);
-        let manifest: Value = serde_json::from_slice(&read_blob(&dir, desc.digest()).unwrap()).unwrap();
-        assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+        let manifest: Value =
+            serde_json::from_slice(&read_blob(&dir, desc.digest()).unwrap()).unwrap();
+        assert_eq!(
+            manifest["mediaType"],
+            "application/vnd.oci.image.manifest.v1+json"
+        );
         assert_eq!(manifest["schemaVersion"], 2);
-        assert!(manifest.get("manifests").is_none(), "an index, not a manifest");
+        assert!(
+            manifest.get("manifests").is_none(),
+            "an index, not a manifest"
+        );
         assert_eq!(manifest["config"]["mediaType"], CONFIG_MEDIA_TYPE);
         assert_eq!(manifest["layers"][0]["digest"], blob.digest().to_string());
-        let config_digest: Digest = manifest["config"]["digest"].as_str().unwrap().parse().unwrap();
-        let config: Value = serde_json::from_slice(&read_blob(&dir, &config_digest).unwrap()).unwrap();
+        let config_digest: Digest = manifest["config"]["digest"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let config: Value =
+            serde_json::from_slice(&read_blob(&dir, &config_digest).unwrap()).unwrap();
         assert_eq!(
             config,
             json!({
@@ -876,7 +909,11 @@ mod tests {
                 }],
             })
         );
-        assert!(!fs::read_to_string(dir.join("index.json")).unwrap().contains("plaintext"));
+        assert!(
+            !fs::read_to_string(dir.join("index.json"))
+                .unwrap()
+                .contains("plaintext")
+        );
 
         // Read back: a hit by key, its blob fetched into another store.
         let imported = Imported::open(&dir).unwrap();
@@ -899,7 +936,8 @@ mod tests {
         let mut w = LayoutWriter::create(&dir).unwrap();
         w.add_record(&store, &record).unwrap();
         w.finish().unwrap();
-        let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let index: Value =
+            serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
         let names: Vec<&str> = index["manifests"]
             .as_array()
             .unwrap()
@@ -908,13 +946,21 @@ mod tests {
             .collect();
         assert_eq!(names, ["someone-else", REF_NAME]);
         // No temp file stays.
-        assert!(fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(TMP_PREFIX)));
+        assert!(fs::read_dir(&dir).unwrap().all(|e| {
+            !e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(TMP_PREFIX)
+        }));
     }
 
     #[test]
     fn a_directory_that_is_not_a_cache_is_refused() {
         let t = tempfile::tempdir().unwrap();
-        assert!(matches!(Imported::open(t.path()), Err(ExchangeError::Io { .. })));
+        assert!(matches!(
+            Imported::open(t.path()),
+            Err(ExchangeError::Io { .. })
+        ));
         fs::write(t.path().join("index.json"), "{}").unwrap();
         let e = Imported::open(t.path()).unwrap_err().to_string();
         assert!(e.contains("is not a kiln cache"), "{e}");
