@@ -310,3 +310,57 @@ fn bad_cache_specs() {
         assert_eq!(b.read("ran"), "ran\n");
     }
 }
+
+/// The records in an export's config.
+fn exported_records(dest: &Path) -> usize {
+    let raw = cache_manifest(dest);
+    let digest = raw["config"]["digest"].as_str().unwrap();
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dest.join("blobs/sha256").join(&digest["sha256:".len()..])).unwrap(),
+    )
+    .unwrap();
+    config["records"].as_array().unwrap().len()
+}
+
+/// The `kiln-cache` manifest, read through index.json.
+fn cache_manifest(dest: &Path) -> serde_json::Value {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dest.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    serde_json::from_slice(
+        &std::fs::read(dest.join("blobs/sha256").join(&digest["sha256:".len()..])).unwrap(),
+    )
+    .unwrap()
+}
+
+/// `mode=min` (the default) exports the target stage's chain; `mode=max` every stage.
+#[test]
+fn mode_min_exports_the_target_chain_only() {
+    let who = Runner::Root;
+    let Some(store) = runner_store(who, "mode_min_exports_the_target_chain_only") else {
+        return;
+    };
+    let ctx = runner_dir(who);
+    write(ctx.path(), "tool.txt", "tool");
+    let df = "FROM busybox AS tools\nRUN echo t > /t\n\
+              FROM busybox AS base\nRUN echo b > /b\n\
+              FROM base\nCOPY --from=tools /t /t\nRUN echo f > /f\n";
+    let out = tempfile::tempdir().unwrap();
+    let (min, max) = (out.path().join("min"), out.path().join("max"));
+    build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        df,
+        &[
+            "--cache-to",
+            &format!("type=local,dest={}", min.display()),
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", max.display()),
+        ],
+        &[],
+    );
+    // base's RUN, the final stage's COPY and RUN; max adds tools' RUN.
+    assert_eq!(exported_records(&min), 3);
+    assert_eq!(exported_records(&max), 4);
+}
