@@ -137,6 +137,12 @@ struct BuildArgs {
     /// Fail the build if any step is not in the cache.
     #[arg(long = "require-cache")]
     require_cache: bool,
+    /// Read cached steps from type=local,src=DIR (repeatable).
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    cache_from: Vec<String>,
+    /// Write the build's cache to type=local,dest=DIR[,mode=min|max][,mounts=true] (repeatable).
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    cache_to: Vec<String>,
     /// How many stages run at once (default: the number of cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
@@ -642,6 +648,16 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
     if on_stdout == 1 {
         refuse_terminal("the export", "give the output a dest=FILE")?;
     }
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|s| kiln::builder::LocalImport::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|s| kiln::builder::LocalExport::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let tags: Vec<ImageRef> = args
         .tags
         .iter()
@@ -683,6 +699,8 @@ fn cmd_build(root: &Path, args: BuildArgs) -> Result<()> {
         explain_cache: args.explain_cache,
         no_cache_filter: args.no_cache_filter,
         require_cache: args.require_cache,
+        cache_from,
+        cache_to,
     };
     let progress: Box<dyn Progress> = match (args.quiet, args.progress) {
         (true, _) | (_, ProgressMode::Quiet) => Box::new(Quiet),

@@ -296,9 +296,8 @@ impl Shared<'_> {
     }
 
     /// The record of `key` when it can be replayed (a prune may have taken its blobs).
-    pub(super) fn lookup(&self, key: &CacheKey) -> Option<CacheRecord> {
-        let record = self.cache.as_ref()?.get(key).ok()??;
-        self.record_usable(&record).then_some(record)
+    pub(super) fn lookup(&self, key: &CacheKey, document: &KeyDocument) -> Option<CacheRecord> {
+        self.cached_record(key, document)
     }
 
     /// Whether every blob a record names is still in the store (a prune may have taken it).

@@ -11,6 +11,7 @@
 //! the stage. RUN runs in the sandbox on the same snapshots and the upperdir becomes the layer.
 
 pub mod cache_admin;
+mod cache_exchange;
 pub mod cached;
 pub mod config;
 pub mod container;
@@ -25,6 +26,8 @@ pub mod run;
 pub mod scheduler;
 pub mod step;
 
+/// `--cache-to`/`--cache-from` specs, for the CLI.
+pub use crate::cache::exchange::{LocalExport, LocalImport};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -80,6 +83,10 @@ pub struct BuildOptions {
     pub no_cache_filter: Vec<String>,
     /// `--require-cache`: a step that would run fails the build instead.
     pub require_cache: bool,
+    /// `--cache-from type=local`: caches a local miss is looked up in.
+    pub cache_from: Vec<crate::cache::exchange::LocalImport>,
+    /// `--cache-to type=local`: where the build's cache is written after it succeeds.
+    pub cache_to: Vec<crate::cache::exchange::LocalExport>,
 }
 
 /// One step of the build, for `--metadata-file` and the caller's summary.
@@ -158,6 +165,9 @@ pub enum BuildError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Filesystem(#[from] crate::snapshot::SnapshotError),
+    /// Writing `--cache-to` failed.
+    #[error("--cache-to")]
+    CacheExport(#[from] crate::cache::ExchangeError),
     /// `kiln run` could not run the image.
     #[error(transparent)]
     Run(#[from] container::RunImageError),
@@ -363,7 +373,9 @@ pub fn build(
     progress.event(&Event::Notice {
         message: format!("snapshotter: {}", fss.kind()),
     });
-    let shared = scheduler::Shared::new(
+    let imports = cache_exchange::open_imports(&opts.cache_from, progress);
+    cache_exchange::restore_mounts(store, &imports, opts.single_id, progress);
+    let mut shared = scheduler::Shared::new(
         store,
         &fss,
         opts,
@@ -372,6 +384,7 @@ pub fn build(
         bases.into_images(),
         &graph.build_args,
     );
+    shared.imports = imports;
     let now = shared.now;
     let started = std::time::Instant::now();
     let built = shared.run_stages(&lowered, &graph)?;
@@ -398,6 +411,7 @@ pub fn build(
     for tag in &opts.tags {
         store.tag(tag, &manifest)?;
     }
+    cache_exchange::export(store, opts, &lowered, graph.target, &built.records)?;
     let image = store.resolve(manifest.digest().as_ref())?;
     record_build_stats(
         store,

@@ -447,7 +447,7 @@ struct Preparer<'c, 'a> {
 }
 
 /// The identity of a cache mount (see the module docs): also the contents of its `id` file.
-fn cache_key(m: &Mount) -> String {
+pub(super) fn cache_key(m: &Mount) -> String {
     let id = cache_id(m);
     let mut key = format!("id={id}\n");
     if m.mode.is_some() || m.uid.is_some() || m.gid.is_some() {

@@ -105,6 +105,8 @@ pub(super) struct Shared<'a> {
     causes: Mutex<BTreeMap<usize, String>>,
     /// URLs fetched to key an ADD by their bytes, until the ADD runs.
     pub fetched: Mutex<BTreeMap<String, copy::Fetched>>,
+    /// `--cache-from` caches, read after a local miss.
+    pub imports: Vec<crate::cache::exchange::Imported>,
 }
 
 /// Keeps a running command registered for cancellation; unregisters it when dropped.
@@ -218,6 +220,7 @@ impl<'a> Shared<'a> {
             final_keys: Mutex::new(BTreeMap::new()),
             causes: Mutex::new(BTreeMap::new()),
             fetched: Mutex::new(BTreeMap::new()),
+            imports: Vec::new(),
         }
     }
 
@@ -448,7 +451,7 @@ impl<'a> Shared<'a> {
             return self.run_op(state, step);
         }
         let look = !self.opts.no_cache && !self.opts.no_cache_filter.contains(&step.stage);
-        if look && let Some(record) = self.lookup(&key.key) {
+        if look && let Some(record) = self.lookup(&key.key, &key.document) {
             let mut result = self.replay(state, step, &record)?;
             result.key = Some(key.key.to_string());
             result.chain = result.chain.or(chain);
@@ -461,7 +464,8 @@ impl<'a> Shared<'a> {
         };
         if look
             && let Some((_, content_key)) = &content
-            && let Some(record) = self.lookup(content_key)
+            && let Some((content_doc, _)) = &content
+            && let Some(record) = self.lookup(content_key, content_doc)
         {
             let mut result = self.replay(state, step, &record)?;
             result.key = Some(key.key.to_string());

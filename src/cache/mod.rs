@@ -8,6 +8,8 @@
 //!   diffIDs, config change, the key document, created/last-used times, bytes), written
 //!   atomically; the digests the records reference are GC roots; [`PrunePolicy`] picks what a
 //!   `kiln cache prune` removes.
+//! - [`exchange`]: `--cache-to`/`--cache-from type=local`: records and their blobs as an OCI
+//!   layout with one image manifest, key documents redacted to per-field digests.
 //!
 //! - [`history`]: what explains a miss and feeds `kiln cache stats`: the last key document
 //!   seen at each step's place, the per-file digests behind a selection digest, one record per
@@ -16,12 +18,14 @@
 //! The module takes a step as any `Serialize` value and never names the builder's types: the
 //! builder decides what a step's inputs are, this module only hashes, stores and compares them.
 
+pub mod exchange;
 pub mod history;
 pub mod index;
 pub mod key;
 
 use std::path::PathBuf;
 
+pub use exchange::ExchangeError;
 pub use history::{BuildStats, Place, SelectedFile, StepStats};
 pub use index::{CacheRecord, CacheResult, Index, PrunePolicy, RemoveReport, Roots};
 pub use key::{
