@@ -50,6 +50,11 @@ pub fn token(store_root: &Path) -> io::Result<String> {
         {
             Ok(file) => {
                 file.lock()?;
+                // A sweeper may have found the file unlocked before our flock and removed it
+                // (it unlinks while holding the flock): then the token is dead, take another.
+                if !same_file(&file, &path)? {
+                    continue;
+                }
                 held.insert(store_root.to_path_buf(), (token.clone(), file));
                 return Ok(token);
             }
@@ -132,6 +137,17 @@ fn lease_alive(path: &Path) -> bool {
     }
 }
 
+/// Whether `path` still names the open `file`.
+fn same_file(file: &File, path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = file.metadata()?;
+    Ok(match std::fs::metadata(path) {
+        Ok(m) => m.dev() == ours.dev() && m.ino() == ours.ino(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    })
+}
+
 /// Removes the lease files of processes that are gone. Call it after their directories were
 /// swept (a directory whose lease file is missing also counts as dead, so the order only matters
 /// for tidiness).
@@ -147,7 +163,15 @@ pub fn remove_dead_leases(store_root: &Path) {
             .to_str()
             .and_then(|n| n.strip_suffix(".lock"))
             .is_some_and(is_token);
-        if is_lease && !lease_alive(&path) {
+        if !is_lease {
+            continue;
+        }
+        // Unlinked while flocked: a process that creates its lease file and has not locked it
+        // yet sees it gone once it has ([`token`]) and takes another.
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
             let _ = std::fs::remove_file(&path);
         }
     }
@@ -173,6 +197,37 @@ pub fn try_sweep_lock(store_root: &Path) -> io::Result<Option<File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lease taken while another process sweeps dead leases is never swept from under its
+    /// holder (the sweeper can catch it between its creation and its flock).
+    #[test]
+    fn a_lease_taken_during_a_sweep_survives_it() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        std::fs::create_dir_all(root.join(LEASES)).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sweeper = {
+            let (root, stop) = (root.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    remove_dead_leases(&root);
+                }
+            })
+        };
+        // Each path is another name of the same store, so each takes a new lease in it.
+        let mut lost = Vec::new();
+        for i in 0..1000 {
+            let link = t.path().join(format!("link-{i}"));
+            std::os::unix::fs::symlink(&root, &link).unwrap();
+            let token = token(&link).unwrap();
+            if !lease_alive(&lease_path(&root, &token)) {
+                lost.push(token);
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sweeper.join().unwrap();
+        assert!(lost.is_empty(), "leases swept while held: {lost:?}");
+    }
 
     #[test]
     fn own_directories_are_alive_and_foreign_tokens_dead() {

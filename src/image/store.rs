@@ -45,8 +45,8 @@ use crate::layer::{Compression, LayerEntry, WriteOptions, WrittenLayer};
 const OCI_LAYOUT: &str = "oci-layout";
 const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 const INDEX_JSON: &str = "index.json";
-/// Temp files younger than this are left alone by prune even when unlocked (the moment between
-/// creating a temp file and locking it).
+/// Temp files without a lease token (an older kiln's) younger than this are left alone by prune
+/// even when unlocked (the moment between creating a temp file and locking it).
 const TEMP_GRACE: Duration = Duration::from_secs(5);
 /// Largest JSON document (manifest, config, index) kiln reads into memory.
 pub(crate) const MAX_JSON: u64 = 64 << 20;
@@ -409,8 +409,12 @@ impl Store {
         &self.tmp
     }
 
+    /// A temp file named `<prefix>-<lease token>-…`: once its writer is gone (its lease dead),
+    /// the next sweep removes it at once, without waiting out [`TEMP_GRACE`].
     pub(crate) fn temp_file(&self, prefix: &str) -> Result<TempFile, ImageError> {
-        TempFile::create(&self.tmp, prefix)
+        let token = crate::lease::token(&self.root)
+            .map_err(|e| ImageError::io("taking a lease in", &self.root, e))?;
+        TempFile::create(&self.tmp, &format!("{prefix}-{token}"))
     }
 
     /// Writes `bytes` to `dest` atomically (temp file in `kiln/tmp`, fsync, rename, fsync dir).
@@ -954,9 +958,9 @@ impl Store {
         Ok(report)
     }
 
-    /// Removes what killed processes left in `kiln/tmp/`: directories whose owner's lease is
-    /// gone (see [`crate::lease`]) and temp files nobody holds locked (older than a few seconds:
-    /// the moment between creating one and locking it). Safe while other builds run. With
+    /// Removes what killed processes left in `kiln/tmp/`: directories and temp files whose
+    /// owner's lease is gone (see [`crate::lease`]), and token-less temp files nobody holds
+    /// locked (older than a few seconds: the moment between creating one and locking it). Safe while other builds run. With
     /// `unowned`, also directories without a lease token (from an older kiln): only while no
     /// other process has the store open. Returns how many entries went and the bytes freed.
     pub fn sweep_temp(&self, unowned: bool) -> Result<(u64, u64), ImageError> {
@@ -967,11 +971,12 @@ impl Store {
             let ent = ent.map_err(|e| ImageError::io("listing", &self.tmp, e))?;
             let path = ent.path();
             let Ok(md) = ent.metadata() else { continue };
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let prefix = name.find('-').map_or(name, |i| &name[..=i]);
+            let owner = crate::lease::owner(&self.root, name, prefix);
             if md.is_dir() {
-                let name = ent.file_name();
-                let Some(name) = name.to_str() else { continue };
-                let prefix = name.find('-').map_or(name, |i| &name[..=i]);
-                if crate::lease::owner(&self.root, name, prefix).removable(unowned) {
+                if owner.removable(unowned) {
                     let size = crate::layer::tree_bytes(&path);
                     if crate::layer::remove_tree_in_place(&path).is_ok() {
                         removed += 1;
@@ -980,12 +985,15 @@ impl Store {
                 }
                 continue;
             }
-            let young = md
-                .modified()
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .is_none_or(|age| age < TEMP_GRACE);
-            if young || !md.is_file() {
+            // A temp file whose writer's lease is gone goes now; one without a token (from an
+            // older kiln) once it is old and unlocked.
+            let young = owner == crate::lease::Owner::Unknown
+                && md
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_none_or(|age| age < TEMP_GRACE);
+            if owner == crate::lease::Owner::Alive || young || !md.is_file() {
                 continue;
             }
             let Ok(f) = File::open(&path) else { continue };
@@ -1355,6 +1363,9 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
+        // A young one whose writer's lease is gone (a build killed mid-write): no grace.
+        let dead = s.tmp_dir().join("blob-1x1-0");
+        fs::write(&dead, b"dead").unwrap();
         let mut live = s.blob_writer().unwrap();
         live.write_all(b"in flight").unwrap();
         let live_path = live.tmp.path().to_path_buf();
@@ -1372,9 +1383,10 @@ mod tests {
         let r = s.prune_keeping(&[rooted.digest().clone()]).unwrap();
         // gone: manifest, config, layer; junk.
         assert_eq!(r.blobs_removed, 4);
-        assert_eq!(r.temp_files_removed, 1);
+        assert_eq!(r.temp_files_removed, 2);
         assert!(r.bytes_freed > 0);
         assert!(!stale.exists());
+        assert!(!dead.exists());
         assert!(live_path.exists());
         assert!(!s.has_blob(gone.digest()));
         assert!(!s.has_blob(junk.digest()));
