@@ -39,7 +39,7 @@ enum NetworkMode {
 #[derive(Subcommand)]
 enum Commands {
     /// Build an image from a Dockerfile and a context directory.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Run a command in an image (its ENTRYPOINT/CMD by default) in kiln's sandbox; nothing the
     /// command writes is kept. Exits with the command's status.
     Run {
@@ -324,7 +324,7 @@ fn run(cli: Cli) -> Result<()> {
     let root = store_root(cli.root)?;
     match cli.command {
         Commands::Run { .. } => unreachable!("handled in main"),
-        Commands::Build(args) => cmd_build(&root, args),
+        Commands::Build(args) => cmd_build(&root, *args),
         Commands::Images => cmd_images(&root),
         Commands::Inspect { name } => cmd_inspect(&root, &name),
         Commands::Tag { source, target } => {
