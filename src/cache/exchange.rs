@@ -258,13 +258,14 @@ pub struct ExportedRecord {
     /// of the content it copied). A digest, never plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<CacheKey>,
-    /// Seconds the step took when it ran (what a hit saves).
+    /// Milliseconds the step took when it ran (what a hit saves; an integer, as canonical
+    /// JSON has no other numbers).
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub seconds: f64,
+    pub millis: u64,
 }
 
-fn is_zero(x: &f64) -> bool {
-    *x == 0.0
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 
 /// A cache mount's directory, as a layer whose root is the directory.
@@ -440,7 +441,7 @@ impl LayoutWriter {
                 .get("chain")
                 .and_then(Value::as_str)
                 .and_then(|k| k.parse().ok()),
-            seconds: record.seconds,
+            millis: (record.seconds * 1000.0).round() as u64,
         });
         Ok(())
     }
@@ -725,7 +726,7 @@ impl Imported {
     pub fn seconds(&self, key: &CacheKey) -> f64 {
         self.by_key
             .get(key)
-            .map_or(0.0, |&i| self.config.records[i].seconds)
+            .map_or(0.0, |&i| self.config.records[i].millis as f64 / 1000.0)
     }
 
     /// Copies the blobs of `result` that `store` lacks into it, verifying their digests.
