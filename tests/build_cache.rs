@@ -601,3 +601,49 @@ fn add_url_is_keyed_by_checksum_or_content() {
     stop.store(true, Ordering::SeqCst);
     server.join().unwrap();
 }
+
+/// A new base image under the same name: the FROM names the new image ID, and every step
+/// after it says that is why it missed.
+#[test]
+fn a_new_base_image_is_named_as_the_cause() {
+    let who = Runner::Root;
+    let Some(store) = runner_store(who, "a_new_base_image_is_named") else {
+        return;
+    };
+    let Some(tar) = common::build::busybox_rootfs("a_new_base_image_is_named") else {
+        return;
+    };
+    let ctx = runner_dir(who);
+    write(ctx.path(), "a.txt", "a");
+    write(ctx.path(), "src/main.txt", "one");
+    build_as(who, store.path(), ctx.path(), DOCKERFILE, &[], &[]);
+    // The same rootfs with one more file, imported as busybox:latest.
+    let work = runner_dir(who);
+    let changed = work.path().join("busybox2.tar");
+    std::fs::copy(&tar, &changed).unwrap();
+    write(work.path(), "etc/extra", "x");
+    let st = std::process::Command::new("tar")
+        .arg("-rf")
+        .arg(&changed)
+        .arg("-C")
+        .arg(work.path())
+        .arg("etc/extra")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    common::build::import_busybox(&changed, store.path());
+    let b = build_as(
+        who,
+        store.path(),
+        ctx.path(),
+        DOCKERFILE,
+        &["--explain-cache"],
+        &[],
+    );
+    let err = b.stderr();
+    assert!(
+        err.contains("cache miss: parent step missed: base image busybox now sha256:"),
+        "{err}"
+    );
+    assert!(keyed(&b).iter().all(|(_, c)| !c), "{:?}", keyed(&b));
+}
