@@ -177,6 +177,14 @@ fn misses_explain_themselves() {
         .collect();
     assert_eq!(reasons[1], None, "the first COPY was reused");
     assert_eq!(reasons[2].as_deref(), Some("1 file changed (src/main.txt)"));
+    // Without SOURCE_DATE_EPOCH too, a rebuild that reuses every step makes the same image
+    // (its timestamps are the earlier build's) and writes no blob. A second apart, so the
+    // clock alone would change it.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let blobs_before = blobs(store.path());
+    let same = build_as(who, store.path(), ctx.path(), DOCKERFILE, &[], &[]);
+    assert_eq!(same.id, edited.id, "an unchanged rebuild is the same image");
+    assert_eq!(blobs(store.path()), blobs_before, "no new blob");
     let changed = DOCKERFILE.replace("echo unrelated", "echo changed");
     let b = build_as(
         who,

@@ -278,6 +278,7 @@ impl Shared<'_> {
         let mut result = StepResult {
             cached: true,
             saved_seconds: record.seconds,
+            recorded: (record.stamp > 0).then_some(record.stamp),
             chain: chain_of(record),
             ..StepResult::default()
         };
@@ -337,6 +338,7 @@ impl Shared<'_> {
         )
         .map(|mut r| {
             r.seconds = seconds;
+            r.stamp = self.now;
             r
         });
         if let Err(e) = record.and_then(|r| index.put(&r)) {

@@ -120,6 +120,9 @@ pub struct StepRecord {
     /// A reused step: the seconds it took when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub saved_seconds: Option<f64>,
+    /// A reused step: the history time of the build that ran it (Unix seconds).
+    #[serde(skip)]
+    pub recorded: Option<i64>,
 }
 
 /// What a build produced.
@@ -406,7 +409,18 @@ pub fn build(
     }
     let (config, layers) = built.image(graph.target);
     let mut config = config;
-    config.created = Some(crate::image::config::format_rfc3339(now));
+    let created = reused_time(opts, &built.records).unwrap_or(now);
+    if created != now {
+        // Every step was reused: the image is the one the earlier build made, timestamps
+        // included, so an unchanged rebuild writes no new blob.
+        let this_build = crate::image::config::format_rfc3339(now);
+        for h in &mut config.history {
+            if h.created.as_deref() == Some(this_build.as_str()) {
+                h.created = Some(crate::image::config::format_rfc3339(created));
+            }
+        }
+    }
+    config.created = Some(crate::image::config::format_rfc3339(created));
     let manifest = store.write_image(&config, &layers)?;
     for tag in &opts.tags {
         store.tag(tag, &manifest)?;
@@ -431,6 +445,21 @@ pub fn build(
         steps: built.records,
         warned_layers: built.warned_layers,
     })
+}
+
+/// Without SOURCE_DATE_EPOCH, when every step with a key was reused: the newest history time
+/// their records carry, which this build's timestamps take instead of now (so an unchanged
+/// rebuild makes the image the last build made).
+fn reused_time(opts: &BuildOptions, records: &[StepRecord]) -> Option<i64> {
+    if opts.source_date_epoch.is_some() {
+        return None;
+    }
+    let keyed: Vec<&StepRecord> = records.iter().filter(|r| r.key.is_some()).collect();
+    if keyed.is_empty() || !keyed.iter().all(|r| r.cached) {
+        return None;
+    }
+    let stamps: Option<Vec<i64>> = keyed.iter().map(|r| r.recorded).collect();
+    stamps?.into_iter().max()
 }
 
 /// Appends this build to the store's build statistics (`kiln cache stats`); best effort.

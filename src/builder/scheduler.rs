@@ -62,6 +62,8 @@ pub(super) struct StepResult {
     pub chain: Option<crate::cache::CacheKey>,
     /// A hit: the seconds the step took when it ran.
     pub saved_seconds: f64,
+    /// A hit: the history time of the build that ran it.
+    pub recorded: Option<i64>,
     /// RUN: seconds spent reading the changes.
     pub diff_seconds: Option<f64>,
     /// Seconds spent writing the layer blob.
@@ -417,6 +419,7 @@ impl<'a> Shared<'a> {
             key: result.key,
             reason: result.miss,
             saved_seconds: result.cached.then_some(result.saved_seconds),
+            recorded: result.recorded,
         };
         lock(&self.records).push((step.id.number, record));
     }

@@ -66,6 +66,10 @@ pub struct CacheRecord {
     /// Seconds the step took when it ran: what a hit saves.
     #[serde(default)]
     pub seconds: f64,
+    /// The history time the build that ran the step gave it (Unix seconds; 0 when unknown):
+    /// a rebuild that reuses every step takes its newest, so it makes the same image.
+    #[serde(default)]
+    pub stamp: i64,
 }
 
 impl CacheRecord {
@@ -83,6 +87,7 @@ impl CacheRecord {
             created: now,
             last_used: now,
             seconds: 0.0,
+            stamp: 0,
         })
     }
 }
