@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::cache::{CacheKey, CacheRecord, CacheResult, KeyDocument, Parent, Place};
+use crate::cache::{CacheKey, CacheRecord, CacheResult, KeyDocument, Parent};
 use crate::context::{ContextDigester, ContextFilter, SelectionDigest, WalkOptions};
 use crate::pathclean::clean_relative;
 
@@ -53,6 +53,7 @@ impl Shared<'_> {
         &self,
         step: &Step,
         parent: Option<&CacheKey>,
+        previous: Option<KeyDocument>,
     ) -> Result<StepKey, StepError> {
         let parent = match (&step.op, parent) {
             (Op::Base(source), _) => self.base_parent(source)?,
@@ -103,7 +104,7 @@ impl Shared<'_> {
         };
         let document = self.document(step, parent, inputs)?;
         let key = document.key().map_err(cache_error)?;
-        let change = self.change_at_place(step, &document, &key);
+        let change = self.change_since(step, previous.as_ref(), &document);
         Ok(StepKey {
             document,
             key,
@@ -369,35 +370,22 @@ fn rootfs_digest(root: &Path, sources: &[String], parents: bool) -> Option<Strin
 }
 
 impl Shared<'_> {
-    fn place(&self, step: &Step) -> Place {
-        Place::new(
-            &step.loc.file,
-            &self.opts.context.to_string_lossy(),
-            &step.stage,
-            step.id.index,
-        )
-    }
-
-    /// What changed at `step`'s place since the last build there; remembers `document` as
-    /// the place's latest.
-    fn change_at_place(&self, step: &Step, document: &KeyDocument, key: &CacheKey) -> Change {
-        let Some(index) = &self.cache else {
-            return Change::First;
-        };
-        let place = self.place(step);
-        let previous = index.last_at(&place);
-        let change = match &previous {
+    /// What changed at `step`'s place since the last build there, whose document was
+    /// `previous`.
+    fn change_since(
+        &self,
+        step: &Step,
+        previous: Option<&KeyDocument>,
+        document: &KeyDocument,
+    ) -> Change {
+        match previous {
             None => Change::First,
-            Some(old) if old.key().ok().as_ref() == Some(key) => Change::Same,
+            Some(old) if old == document => Change::Same,
             Some(old) => match self.describe(step, old, document) {
                 Some(text) => Change::Own(text),
                 None => Change::Parent,
             },
-        };
-        if change != Change::Same {
-            let _ = index.set_last_at(&place, document);
         }
-        change
     }
 
     /// The first way `new` differs from `old` that is the step's own, in words; `None` when

@@ -341,7 +341,35 @@ impl<'a> Shared<'a> {
     }
 
     /// Runs one stage's steps in order.
+    /// Runs one stage's steps in order, then remembers the key documents its steps had (what
+    /// the next build's misses are explained against).
     fn run_stage(&self, stage: &LoweredStage) -> StageOutcome {
+        let place = crate::cache::StagePlace::new(
+            &self.opts.dockerfile_name,
+            &self.opts.context.to_string_lossy(),
+            &stage.label,
+        );
+        let mut lineage = match &self.cache {
+            Some(index) => index.lineage(&place),
+            None => Vec::new(),
+        };
+        let before = lineage.len();
+        let mut changed = false;
+        let outcome = self.run_steps(stage, &mut lineage, &mut changed);
+        if let Some(index) = &self.cache
+            && (changed || lineage.len() != before)
+        {
+            let _ = index.set_lineage(&place, &lineage);
+        }
+        outcome
+    }
+
+    fn run_steps(
+        &self,
+        stage: &LoweredStage,
+        lineage: &mut crate::cache::Lineage,
+        changed: &mut bool,
+    ) -> StageOutcome {
         let mut state: Option<StageState> = None;
         let mut parent: Option<crate::cache::CacheKey> = None;
         // The first change at this stage's places since its last build, with its location:
@@ -358,13 +386,24 @@ impl<'a> Shared<'a> {
                 loc: format!("{}:{}", step.loc.file, step.loc.line),
                 name: step.name.clone(),
             });
-            let outcome = self.step_key(step, parent.as_ref()).and_then(|key| {
-                self.note_cause(&mut cause, step, &key.change);
-                let own = key.key;
-                let result = self.execute(&mut state, step, key, cause.as_deref())?;
-                parent = Some(result.chain.unwrap_or(own));
-                Ok(result)
-            });
+            let position = step.id.index;
+            if lineage.len() <= position {
+                lineage.resize(position + 1, None);
+            }
+            let previous = lineage[position].take();
+            let outcome = self
+                .step_key(step, parent.as_ref(), previous)
+                .and_then(|key| {
+                    if key.change != Change::Same {
+                        *changed = true;
+                    }
+                    lineage[position] = Some(key.document.clone());
+                    self.note_cause(&mut cause, step, &key.change);
+                    let own = key.key;
+                    let result = self.execute(&mut state, step, key, cause.as_deref())?;
+                    parent = Some(result.chain.unwrap_or(own));
+                    Ok(result)
+                });
             match outcome {
                 Ok(result) => self.finish_step(step, started, result),
                 Err(source) => {

@@ -1,14 +1,16 @@
 //! What the cache remembers besides its records, to explain itself:
 //!
 //! ```text
-//! ROOT/kiln/cache/lineage/<hex>      the last key document seen at a step's place
+//! ROOT/kiln/cache/lineage/<hex>      the key documents last seen in a stage, by step position
 //! ROOT/kiln/cache/selections/<hex>   the per-file digests behind a selection digest
 //! ROOT/kiln/cache/builds/<t>-<n>.json one record per build, for `kiln cache stats`
 //! ```
 //!
-//! A *place* is what stays the same from one build of a Dockerfile to the next while its
+//! A step's *place* is what stays the same from one build of a Dockerfile to the next while its
 //! inputs change: the Dockerfile path, the context directory, the stage and the step's position
-//! in it. A miss is explained against the document last seen at its place. These files are
+//! in it. A miss is explained against the document last seen at its place. A stage's places
+//! are kept in one file, read when the stage starts and written once when it ends, so a stage
+//! of 100,000 steps costs two file operations, not 100,000. These files are
 //! local only: they hold plaintext values (build args) that never leave the machine.
 //!
 //! All writes go through [`Index::write_atomic`]; every read treats a missing or damaged file
@@ -26,17 +28,20 @@ const LINEAGE: &str = "lineage";
 const SELECTIONS: &str = "selections";
 const BUILDS: &str = "builds";
 
-/// The identity of a step's place (see the module documentation).
+/// The places of one stage (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Place(CacheKey);
+pub struct StagePlace(CacheKey);
 
-impl Place {
-    /// The place of step `position` of `stage`, in `dockerfile` built from `context`.
-    pub fn new(dockerfile: &str, context: &str, stage: &str, position: usize) -> Place {
-        let id = serde_json::json!([dockerfile, context, stage, position]);
-        Place(CacheKey::of(id.to_string().as_bytes()))
+impl StagePlace {
+    /// The stage `stage` of `dockerfile` built from `context`.
+    pub fn new(dockerfile: &str, context: &str, stage: &str) -> StagePlace {
+        let id = serde_json::json!([dockerfile, context, stage]);
+        StagePlace(CacheKey::of(id.to_string().as_bytes()))
     }
 }
+
+/// The key documents last seen in a stage, by step position.
+pub type Lineage = Vec<Option<KeyDocument>>;
 
 /// One file of a selection: its path and its digest (both as text).
 pub type SelectedFile = (String, String);
@@ -85,20 +90,22 @@ impl BuildStats {
 }
 
 impl Index {
-    fn lineage_path(&self, place: &Place) -> PathBuf {
+    fn lineage_path(&self, place: &StagePlace) -> PathBuf {
         self.dir().join(LINEAGE).join(place.0.hex())
     }
 
-    /// The key document last seen at `place`.
-    pub fn last_at(&self, place: &Place) -> Option<KeyDocument> {
-        let bytes = fs::read(self.lineage_path(place)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+    /// The key documents last seen in the stage at `place` (empty when none are).
+    pub fn lineage(&self, place: &StagePlace) -> Lineage {
+        fs::read(self.lineage_path(place))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
     }
 
-    /// Remembers `document` as the last seen at `place` (not fsynced: losing it costs only an
+    /// Remembers `lineage` as the stage's latest (not fsynced: losing it costs only an
     /// explanation).
-    pub fn set_last_at(&self, place: &Place, document: &KeyDocument) -> Result<(), CacheError> {
-        let bytes = serde_json::to_vec(document).map_err(CacheError::Document)?;
+    pub fn set_lineage(&self, place: &StagePlace, lineage: &Lineage) -> Result<(), CacheError> {
+        let bytes = serde_json::to_vec(lineage).map_err(CacheError::Document)?;
         self.write_atomic(&self.lineage_path(place), &bytes, false)
     }
 
@@ -209,8 +216,8 @@ mod tests {
     fn lineage_selections_and_builds_round_trip() {
         let t = tempfile::tempdir().unwrap();
         let ix = Index::open(t.path()).unwrap();
-        let place = Place::new("Dockerfile", "/ctx", "0", 3);
-        assert_eq!(ix.last_at(&place), None);
+        let place = StagePlace::new("Dockerfile", "/ctx", "0");
+        assert_eq!(ix.lineage(&place), Lineage::new());
         let doc = KeyDocument::new(
             &super::super::KeySettings::new(
                 &crate::platform::Platform::host(),
@@ -220,9 +227,13 @@ mod tests {
             &serde_json::json!({"op": 1}),
         )
         .unwrap();
-        ix.set_last_at(&place, &doc).unwrap();
-        assert_eq!(ix.last_at(&place), Some(doc));
-        assert_eq!(ix.last_at(&Place::new("Dockerfile", "/ctx", "0", 4)), None);
+        let lineage = vec![None, Some(doc)];
+        ix.set_lineage(&place, &lineage).unwrap();
+        assert_eq!(ix.lineage(&place), lineage);
+        assert_eq!(
+            ix.lineage(&StagePlace::new("Dockerfile", "/ctx", "1")),
+            Lineage::new()
+        );
 
         let d = format!("sha256:{}", "ab".repeat(32));
         let files = vec![("a".to_string(), "x".to_string())];

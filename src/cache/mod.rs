@@ -11,8 +11,8 @@
 //! - [`exchange`]: `--cache-to`/`--cache-from type=local`: records and their blobs as an OCI
 //!   layout with one image manifest, key documents redacted to per-field digests.
 //!
-//! - [`history`]: what explains a miss and feeds `kiln cache stats`: the last key document
-//!   seen at each step's place, the per-file digests behind a selection digest, one record per
+//! - [`history`]: what explains a miss and feeds `kiln cache stats`: the key documents last
+//!   seen in each stage, by step position, the per-file digests behind a selection digest, one record per
 //!   build.
 //!
 //! The module takes a step as any `Serialize` value and never names the builder's types: the
@@ -26,7 +26,7 @@ pub mod key;
 use std::path::PathBuf;
 
 pub use exchange::ExchangeError;
-pub use history::{BuildStats, Place, SelectedFile, StepStats};
+pub use history::{BuildStats, Lineage, SelectedFile, StagePlace, StepStats};
 pub use index::{CacheRecord, CacheResult, Index, PrunePolicy, RemoveReport, Roots};
 pub use key::{
     CacheKey, FieldChange, KEY_FORMAT_VERSION, KeyDocument, KeySettings, LayerSettings, Parent,
