@@ -177,6 +177,15 @@ fn warm_unchanged_reads_nothing_and_touch_reads_only_the_touched_file() {
     assert_eq!(warm.stats.index_hits, warm.stats.entries);
     // The root, src, src/util and docs: every roll-up came from the index.
     assert_eq!(warm.stats.rollups_reused, 4);
+    // Nothing learnt: the index file is not written again.
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+    let before = ino(&c.index_file());
+    c.warm(&no_filter(), &["."]);
+    assert_eq!(
+        ino(&c.index_file()),
+        before,
+        "an unchanged index is not rewritten"
+    );
 
     // touch: new mtime (and ctime), same content — same digest; only that file is read.
     set_mtime(&c.path("src/lib.rs"), 1_234_567_890, 5);

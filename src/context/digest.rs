@@ -209,6 +209,8 @@ pub struct ContextDigester {
     /// Paths under a digested root: the only ones whose absence from `seen` means "gone".
     visited_roots: Vec<Vec<u8>>,
     seen: HashSet<Vec<u8>>,
+    /// The index has entries its file does not.
+    dirty: bool,
 }
 
 #[derive(Debug)]
@@ -243,6 +245,7 @@ impl ContextDigester {
             walks: HashMap::new(),
             visited_roots: Vec::new(),
             seen: HashSet::new(),
+            dirty: false,
         })
     }
 
@@ -376,17 +379,18 @@ impl ContextDigester {
                 let Some(probe) = probe else { continue };
                 self.seen.insert(p.to_vec());
                 if probe.cacheable {
-                    self.index.entries.insert(
-                        p.to_vec(),
-                        IndexEntry {
-                            key: probe.key,
-                            extra: probe.extra,
-                            xattrs: probe.xattrs,
-                            rollup: probe.rollup,
-                        },
-                    );
-                } else {
-                    self.index.entries.remove(*p);
+                    let entry = IndexEntry {
+                        key: probe.key,
+                        extra: probe.extra,
+                        xattrs: probe.xattrs,
+                        rollup: probe.rollup,
+                    };
+                    if self.index.entries.get(*p) != Some(&entry) {
+                        self.index.entries.insert(p.to_vec(), entry);
+                        self.dirty = true;
+                    }
+                } else if self.index.entries.remove(*p).is_some() {
+                    self.dirty = true;
                 }
             }
             self.visited_roots.push(rel);
@@ -408,9 +412,19 @@ impl ContextDigester {
         };
         let visited = &self.visited_roots;
         let seen = &self.seen;
+        let before = self.index.entries.len();
         self.index
             .entries
             .retain(|p, _| seen.contains(p) || !visited.iter().any(|r| p == r || is_under(p, r)));
+        // Nothing learnt and nothing gone: the file on disk already says all of it (and
+        // keeping its older time keeps its entries out of the racy window).
+        if !self.dirty
+            && self.index.entries.len() == before
+            && self.index.state == IndexState::Loaded
+        {
+            return Ok(());
+        }
+        self.dirty = false;
         self.index
             .save(dir, &self.root)
             .map_err(|source| DigestError::SaveIndex {
