@@ -223,6 +223,7 @@ fn entries(spec: &Spec, src: Src<'_>, dest_root: &Path) -> Result<Vec<LayerEntry
         checksum: spec.checksum.as_deref(),
         now: NOW,
         fetched: &Default::default(),
+        kept: None,
     };
     let before = snapshot(dest_root);
     let out = copy_entries(&req, dest_root);

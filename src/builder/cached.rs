@@ -217,7 +217,7 @@ impl Shared<'_> {
                 .collect()
         } else {
             let kept = digester.kept(self.filter).ok()?;
-            super::copy::selected_paths(&self.opts.context, Some(kept), sources, parents).ok()?
+            super::copy::selected_paths(&self.opts.context, Some(&kept), sources, parents).ok()?
         };
         let selection = digester.digest(self.filter, &roots, None).ok()?;
         Some(self.remember_selection(&selection))

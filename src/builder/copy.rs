@@ -54,6 +54,7 @@ pub mod chmod;
 #[path = "users.rs"]
 pub mod users;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -119,6 +120,9 @@ pub struct CopyRequest<'a> {
     pub now: i64,
     /// URLs already fetched (to key the step by their bytes): used instead of a download.
     pub fetched: &'a BTreeMap<String, Fetched>,
+    /// The context paths the filter keeps, when the caller has walked them already (the
+    /// step cache does): saves walking the context again.
+    pub kept: Option<&'a HashSet<PathBuf>>,
 }
 
 /// A downloaded URL: its body and `Last-Modified` time, if any.
@@ -331,13 +335,14 @@ pub fn copy_entries(req: &CopyRequest<'_>, dest_root: &Path) -> Result<Vec<Layer
     // filesystem.
     let needs_src = req.sources.iter().any(|s| !(req.add && is_url(s)));
     let kept = match context_filter {
-        Some(filter) if needs_src => Some(
+        Some(_) if needs_src && req.kept.is_some() => req.kept.map(Cow::Borrowed),
+        Some(filter) if needs_src => Some(Cow::Owned(
             filter
                 .walk(src_root)?
                 .into_iter()
                 .map(|e| e.path)
                 .collect::<HashSet<PathBuf>>(),
-        ),
+        )),
         _ => None,
     };
     let src = SrcFs {
@@ -706,11 +711,14 @@ fn class_char(p: &[char]) -> Option<(char, usize)> {
 /// broader miss, never a wrong hit).
 pub(crate) fn selected_paths(
     root: &Path,
-    kept: Option<HashSet<PathBuf>>,
+    kept: Option<&HashSet<PathBuf>>,
     sources: &[String],
     parents: bool,
 ) -> Result<Vec<PathBuf>, CopyError> {
-    let src = SrcFs { root, kept };
+    let src = SrcFs {
+        root,
+        kept: kept.map(Cow::Borrowed),
+    };
     let mut items = Vec::new();
     for s in sources {
         if parents {
@@ -798,7 +806,7 @@ fn probe_md(root: &Path, rel: &Path, md: Option<fs::Metadata>) -> Result<Probe, 
 /// `.dockerignore` (what BuildKit would receive).
 struct SrcFs<'a> {
     root: &'a Path,
-    kept: Option<HashSet<PathBuf>>,
+    kept: Option<Cow<'a, HashSet<PathBuf>>>,
 }
 
 impl SrcFs<'_> {

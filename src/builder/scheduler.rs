@@ -687,6 +687,13 @@ impl<'a> Shared<'a> {
                 filter: self.filter,
             },
         };
+        // The context as the step cache walked it: the copy need not walk it again.
+        let kept = match &c.from {
+            None => lock(&self.digester)
+                .as_mut()
+                .and_then(|d| d.kept(self.filter).ok()),
+            Some(_) => None,
+        };
         let req = CopyRequest {
             add: c.add,
             source,
@@ -702,6 +709,7 @@ impl<'a> Shared<'a> {
             checksum: c.checksum.as_deref(),
             now: self.now,
             fetched: &self.take_fetched(&c.sources),
+            kept: kept.as_deref(),
         };
         let entries = copy::copy_entries(&req, self.fss.root(&state.fs)?)?;
         self.report_fs_warnings();
@@ -749,6 +757,7 @@ impl<'a> Shared<'a> {
             checksum: None,
             now: self.now,
             fetched: &BTreeMap::new(),
+            kept: None,
         };
         let entries = copy::copy_entries(&req, self.fss.root(&state.fs)?)?;
         self.report_fs_warnings();

@@ -211,6 +211,8 @@ pub struct ContextDigester {
     seen: HashSet<Vec<u8>>,
     /// The index has entries its file does not.
     dirty: bool,
+    /// [`kept`](Self::kept) sets, by filter fingerprint.
+    kept: HashMap<Vec<u8>, std::sync::Arc<HashSet<PathBuf>>>,
 }
 
 #[derive(Debug)]
@@ -246,6 +248,7 @@ impl ContextDigester {
             visited_roots: Vec::new(),
             seen: HashSet::new(),
             dirty: false,
+            kept: HashMap::new(),
         })
     }
 
@@ -271,9 +274,19 @@ impl ContextDigester {
 
     /// The paths `filter` keeps in the context (its walk, done once per filter and shared
     /// with [`digest`](Self::digest)).
-    pub fn kept(&mut self, filter: &ContextFilter) -> Result<HashSet<PathBuf>, DigestError> {
+    pub fn kept(
+        &mut self,
+        filter: &ContextFilter,
+    ) -> Result<std::sync::Arc<HashSet<PathBuf>>, DigestError> {
+        let fingerprint = filter.fingerprint();
+        if let Some(k) = self.kept.get(&fingerprint) {
+            return Ok(k.clone());
+        }
         let walked = self.walked(filter)?;
-        Ok(walked.entries.iter().map(|e| e.path.clone()).collect())
+        let set: HashSet<PathBuf> = walked.entries.iter().map(|e| e.path.clone()).collect();
+        let set = std::sync::Arc::new(set);
+        self.kept.insert(fingerprint, set.clone());
+        Ok(set)
     }
 
     fn walked(&mut self, filter: &ContextFilter) -> Result<&Walked, DigestError> {
