@@ -37,6 +37,25 @@ fn blobs(root: &std::path::Path) -> usize {
         .count()
 }
 
+/// A store for `who` with busybox, and a context holding `files` (`None`: skipped).
+fn fixture(
+    who: Runner,
+    test: &str,
+    files: &[(&str, &str)],
+) -> Option<(common::build::Scratch, common::build::Scratch)> {
+    let store = runner_store(who, test)?;
+    let ctx = runner_dir(who);
+    for (rel, text) in files {
+        write(ctx.path(), rel, text);
+    }
+    Some((store, ctx))
+}
+
+/// Whether each step with a cache key was reused.
+fn hits(b: &Built) -> Vec<bool> {
+    keyed(b).iter().map(|(_, c)| *c).collect()
+}
+
 fn write(ctx: &std::path::Path, rel: &str, text: &str) {
     let p = ctx.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -45,13 +64,17 @@ fn write(ctx: &std::path::Path, rel: &str, text: &str) {
 
 fn hits_and_misses(who: Runner) {
     let test = format!("step_cache_{}", who.label());
-    let Some(store) = runner_store(who, &test) else {
+    let Some((store, ctx)) = fixture(
+        who,
+        &test,
+        &[
+            ("a.txt", "a"),
+            ("src/main.txt", "one"),
+            ("src/lib.txt", "lib"),
+        ],
+    ) else {
         return;
     };
-    let ctx = runner_dir(who);
-    write(ctx.path(), "a.txt", "a");
-    write(ctx.path(), "src/main.txt", "one");
-    write(ctx.path(), "src/lib.txt", "lib");
     let sde = [("SOURCE_DATE_EPOCH", "1700000000")];
     let first = build_as(who, store.path(), ctx.path(), DOCKERFILE, &[], &sde);
     assert!(
@@ -123,12 +146,13 @@ fn step_cache_hits_and_misses() {
 #[test]
 fn misses_explain_themselves() {
     let who = Runner::Root;
-    let Some(store) = runner_store(who, "misses_explain_themselves") else {
+    let Some((store, ctx)) = fixture(
+        who,
+        "misses_explain_themselves",
+        &[("a.txt", "a"), ("src/main.txt", "one")],
+    ) else {
         return;
     };
-    let ctx = runner_dir(who);
-    write(ctx.path(), "a.txt", "a");
-    write(ctx.path(), "src/main.txt", "one");
     let first = build_as(
         who,
         store.path(),
@@ -207,12 +231,13 @@ fn misses_explain_themselves() {
 #[test]
 fn cache_records_are_roots_until_pruned() {
     let who = Runner::Root;
-    let Some(store) = runner_store(who, "cache_records_are_roots_until_pruned") else {
+    let Some((store, ctx)) = fixture(
+        who,
+        "cache_records_are_roots_until_pruned",
+        &[("a.txt", "a"), ("src/main.txt", "one")],
+    ) else {
         return;
     };
-    let ctx = runner_dir(who);
-    write(ctx.path(), "a.txt", "a");
-    write(ctx.path(), "src/main.txt", "one");
     build_as(
         who,
         store.path(),
@@ -290,11 +315,9 @@ const TWO_STAGES: &str = "FROM busybox AS a\n\
 
 fn build_args_and_copy_from(who: Runner) {
     let test = format!("build_args_and_copy_from_{}", who.label());
-    let Some(store) = runner_store(who, &test) else {
+    let Some((store, ctx)) = fixture(who, &test, &[("src/main.txt", "one")]) else {
         return;
     };
-    let ctx = runner_dir(who);
-    write(ctx.path(), "src/main.txt", "one");
     let sde = [("SOURCE_DATE_EPOCH", "1700000000")];
     let first = build_as(who, store.path(), ctx.path(), TWO_STAGES, &[], &sde);
     assert!(keyed(&first).iter().all(|(_, c)| !c), "{:?}", keyed(&first));
@@ -308,7 +331,7 @@ fn build_args_and_copy_from(who: Runner) {
         &["--build-arg", "VERSION=2", "--explain-cache"],
         &sde,
     );
-    let flags: Vec<bool> = keyed(&arg).iter().map(|(_, c)| *c).collect();
+    let flags: Vec<bool> = hits(&arg);
     assert_eq!(flags, [true, true, true, false, false], "{:?}", keyed(&arg));
     assert_eq!(arg.read("version"), "2\n");
     assert!(
@@ -329,7 +352,7 @@ fn build_args_and_copy_from(who: Runner) {
         &["--build-arg", "VERSION=2"],
         &sde,
     );
-    let flags: Vec<bool> = keyed(&edited).iter().map(|(_, c)| *c).collect();
+    let flags: Vec<bool> = hits(&edited);
     assert_eq!(
         flags,
         [false, false, true, true, true],
@@ -361,13 +384,13 @@ fn build_args_and_copy_from_miss_only_what_they_change() {
 #[test]
 fn wildcards_and_symlinks_are_keyed_by_what_they_select() {
     let who = Runner::Root;
-    let Some(store) = runner_store(who, "wildcards_and_symlinks") else {
+    let Some((store, ctx)) = fixture(
+        who,
+        "wildcards_and_symlinks",
+        &[("a.txt", "a"), ("b.md", "b"), ("real/data", "1")],
+    ) else {
         return;
     };
-    let ctx = runner_dir(who);
-    write(ctx.path(), "a.txt", "a");
-    write(ctx.path(), "b.md", "b");
-    write(ctx.path(), "real/data", "1");
     std::os::unix::fs::symlink("real/data", ctx.path().join("link")).unwrap();
     let df = "FROM busybox\nCOPY *.txt /t/\nCOPY link /l\n";
     build_as(who, store.path(), ctx.path(), df, &[], &[]);
@@ -384,11 +407,7 @@ fn wildcards_and_symlinks_are_keyed_by_what_they_select() {
     );
     write(ctx.path(), "real/data", "2");
     let b = build_as(who, store.path(), ctx.path(), df, &[], &[]);
-    assert_eq!(
-        keyed(&b).iter().map(|(_, c)| *c).collect::<Vec<_>>(),
-        [true, false],
-        "the link's target changed"
-    );
+    assert_eq!(hits(&b), [true, false], "the link's target changed");
     assert_eq!(b.read("l"), "2");
 }
 
@@ -397,11 +416,13 @@ fn wildcards_and_symlinks_are_keyed_by_what_they_select() {
 #[test]
 fn require_cache_and_no_cache_filter() {
     let who = Runner::Root;
-    let Some(store) = runner_store(who, "require_cache_and_no_cache_filter") else {
+    let Some((store, ctx)) = fixture(
+        who,
+        "require_cache_and_no_cache_filter",
+        &[("src/main.txt", "one")],
+    ) else {
         return;
     };
-    let ctx = runner_dir(who);
-    write(ctx.path(), "src/main.txt", "one");
     let err = common::build::build_error_as(
         who,
         store.path(),
@@ -431,7 +452,7 @@ fn require_cache_and_no_cache_filter() {
         &["--no-cache-filter", "a"],
         &[],
     );
-    let flags: Vec<bool> = keyed(&b).iter().map(|(_, c)| *c).collect();
+    let flags: Vec<bool> = hits(&b);
     assert_eq!(flags, [false, false, true, true, true], "{:?}", keyed(&b));
 }
 
@@ -440,11 +461,9 @@ fn require_cache_and_no_cache_filter() {
 #[test]
 fn cache_stats_match_the_metadata_files() {
     let who = Runner::Root;
-    let Some(store) = runner_store(who, "cache_stats_match") else {
+    let Some((store, ctx)) = fixture(who, "cache_stats_match", &[("src/main.txt", "one")]) else {
         return;
     };
-    let ctx = runner_dir(who);
-    write(ctx.path(), "src/main.txt", "one");
     let mut expected: Vec<(usize, usize)> = Vec::new();
     for (i, args) in [
         &[][..],
@@ -551,10 +570,9 @@ fn serve_changing(
 fn add_url_is_keyed_by_checksum_or_content() {
     use std::sync::atomic::Ordering;
     let who = Runner::Root;
-    let Some(store) = runner_store(who, "add_url_keyed") else {
+    let Some((store, ctx)) = fixture(who, "add_url_keyed", &[]) else {
         return;
     };
-    let ctx = runner_dir(who);
     let body = std::sync::Arc::new(std::sync::Mutex::new(b"one\n".to_vec()));
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -589,10 +607,7 @@ fn add_url_is_keyed_by_checksum_or_content() {
         &["--explain-cache"],
         &[],
     );
-    assert_eq!(
-        keyed(&third).iter().map(|(_, c)| *c).collect::<Vec<_>>(),
-        [true, false]
-    );
+    assert_eq!(hits(&third), [true, false]);
     assert_eq!(
         count.load(Ordering::SeqCst),
         4,
@@ -615,15 +630,16 @@ fn add_url_is_keyed_by_checksum_or_content() {
 #[test]
 fn a_new_base_image_is_named_as_the_cause() {
     let who = Runner::Root;
-    let Some(store) = runner_store(who, "a_new_base_image_is_named") else {
+    let Some((store, ctx)) = fixture(
+        who,
+        "a_new_base_image_is_named",
+        &[("a.txt", "a"), ("src/main.txt", "one")],
+    ) else {
         return;
     };
     let Some(tar) = common::build::busybox_rootfs("a_new_base_image_is_named") else {
         return;
     };
-    let ctx = runner_dir(who);
-    write(ctx.path(), "a.txt", "a");
-    write(ctx.path(), "src/main.txt", "one");
     build_as(who, store.path(), ctx.path(), DOCKERFILE, &[], &[]);
     // The same rootfs with one more file, imported as busybox:latest.
     let work = runner_dir(who);

@@ -317,16 +317,7 @@ impl ContextDigester {
     ) -> Result<SelectionDigest, DigestError> {
         let fingerprint = filter.fingerprint();
         let filter_id: [u8; 32] = Sha256::digest(&fingerprint).into();
-        if !self.walks.contains_key(&fingerprint) {
-            let entries = filter.walk(&self.root)?;
-            let position = entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (e.path.as_os_str().as_bytes().to_vec(), i))
-                .collect();
-            self.walks
-                .insert(fingerprint.clone(), Walked { entries, position });
-        }
+        self.walked(filter)?;
         let mut stats = DigestStats::default();
         let mut sel = Sha256::new();
         sel.update(b"kiln.ctx.selection.v1\0");
