@@ -145,10 +145,15 @@ fn step_cache_hits_and_misses() {
 /// steps it reused.
 #[test]
 fn misses_explain_themselves() {
-    let who = Runner::Root;
+    for who in RUNNERS {
+        misses_explain_themselves_as(who);
+    }
+}
+
+fn misses_explain_themselves_as(who: Runner) {
     let Some((store, ctx)) = fixture(
         who,
-        "misses_explain_themselves",
+        &format!("misses_explain_themselves_{}", who.label()),
         &[("a.txt", "a"), ("src/main.txt", "one")],
     ) else {
         return;
@@ -460,8 +465,17 @@ fn require_cache_and_no_cache_filter() {
 /// metadata files.
 #[test]
 fn cache_stats_match_the_metadata_files() {
-    let who = Runner::Root;
-    let Some((store, ctx)) = fixture(who, "cache_stats_match", &[("src/main.txt", "one")]) else {
+    for who in RUNNERS {
+        cache_stats_match_the_metadata_files_as(who);
+    }
+}
+
+fn cache_stats_match_the_metadata_files_as(who: Runner) {
+    let Some((store, ctx)) = fixture(
+        who,
+        &format!("cache_stats_match_{}", who.label()),
+        &[("src/main.txt", "one")],
+    ) else {
         return;
     };
     let mut expected: Vec<(usize, usize)> = Vec::new();
