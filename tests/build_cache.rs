@@ -410,6 +410,17 @@ fn wildcards_and_symlinks_are_keyed_by_what_they_select() {
         "{}",
         b.stderr()
     );
+    use std::os::unix::fs::PermissionsExt;
+    let a = ctx.path().join("a.txt");
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o644)).unwrap();
+    build_as(who, store.path(), ctx.path(), df, &[], &[]);
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let b = build_as(who, store.path(), ctx.path(), df, &["--explain-cache"], &[]);
+    assert!(
+        b.stderr().contains("cache miss: mode of a.txt 0644 → 0755"),
+        "{}",
+        b.stderr()
+    );
     write(ctx.path(), "real/data", "2");
     let b = build_as(who, store.path(), ctx.path(), df, &[], &[]);
     assert_eq!(hits(&b), [true, false], "the link's target changed");

@@ -233,7 +233,13 @@ impl Shared<'_> {
             let files: Vec<crate::cache::SelectedFile> = selection
                 .files
                 .iter()
-                .map(|f| (f.path.to_string_lossy().into_owned(), f.digest.hex()))
+                .map(|f| {
+                    (
+                        f.path.to_string_lossy().into_owned(),
+                        f.digest.hex(),
+                        f.mode,
+                    )
+                })
                 .collect();
             let _ = index.put_selection(&digest, &files);
         }
@@ -428,6 +434,9 @@ impl Shared<'_> {
             let old_files = index.selection(&digest_at(old)?)?;
             let new_files = index.selection(&digest_at(new)?)?;
             let changes = changed_files(&old_files, &new_files);
+            if let Some(text) = mode_change(&changes, &old_files, &new_files) {
+                return Some(text);
+            }
             (!changes.is_empty()).then(|| changes.summary(3))
         };
         if path.starts_with("inputs.context") {
@@ -534,14 +543,33 @@ fn build_arg_change(old: &KeyDocument, new: &KeyDocument) -> Option<String> {
     None
 }
 
+/// `mode of run.sh 0644 → 0755` when the one change is a file whose mode changed.
+fn mode_change(
+    changes: &crate::context::FileChanges,
+    old: &[crate::cache::SelectedFile],
+    new: &[crate::cache::SelectedFile],
+) -> Option<String> {
+    let [path] = &changes.changed[..] else {
+        return None;
+    };
+    if !changes.added.is_empty() || !changes.removed.is_empty() {
+        return None;
+    }
+    let path = path.to_string_lossy();
+    let mode =
+        |files: &[crate::cache::SelectedFile]| files.iter().find(|f| f.0 == path).map(|f| f.2);
+    let (a, b) = (mode(old)?, mode(new)?);
+    (a != b).then(|| format!("mode of {path} {a:04o} → {b:04o}"))
+}
+
 /// The paths that differ between two remembered selections.
 fn changed_files(
     old: &[crate::cache::SelectedFile],
     new: &[crate::cache::SelectedFile],
 ) -> crate::context::FileChanges {
     use std::collections::BTreeMap;
-    let a: BTreeMap<&str, &str> = old.iter().map(|(p, d)| (p.as_str(), d.as_str())).collect();
-    let b: BTreeMap<&str, &str> = new.iter().map(|(p, d)| (p.as_str(), d.as_str())).collect();
+    let a: BTreeMap<&str, &str> = old.iter().map(|f| (f.0.as_str(), f.1.as_str())).collect();
+    let b: BTreeMap<&str, &str> = new.iter().map(|f| (f.0.as_str(), f.1.as_str())).collect();
     let mut out = crate::context::FileChanges::default();
     for (p, d) in &b {
         match a.get(p) {

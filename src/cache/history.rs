@@ -43,8 +43,8 @@ impl StagePlace {
 /// The key documents last seen in a stage, by step position.
 pub type Lineage = Vec<Option<KeyDocument>>;
 
-/// One file of a selection: its path and its digest (both as text).
-pub type SelectedFile = (String, String);
+/// One file of a selection: its path, its digest (both as text) and its permission bits.
+pub type SelectedFile = (String, String, u32);
 
 /// One step of a [`BuildStats`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -236,7 +236,7 @@ mod tests {
         );
 
         let d = format!("sha256:{}", "ab".repeat(32));
-        let files = vec![("a".to_string(), "x".to_string())];
+        let files = vec![("a".to_string(), "x".to_string(), 0o644)];
         ix.put_selection(&d, &files).unwrap();
         assert_eq!(ix.selection(&d), Some(files));
         assert_eq!(ix.selection("sha256:../../etc"), None);

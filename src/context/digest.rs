@@ -68,6 +68,8 @@ pub struct FileDigest {
     pub path: PathBuf,
     pub kind: EntryKind,
     pub digest: Digest,
+    /// Permission bits (`st_mode & 0o7777`), for naming a mode change.
+    pub mode: u32,
 }
 
 /// A selected root and the digest of everything kept under it.
@@ -751,6 +753,7 @@ fn roll_up(
             path: PathBuf::from(OsStr::from_bytes(path)),
             kind: p.kind,
             digest: Digest(own),
+            mode: p.key.mode & 0o7777,
         });
         if p.kind == EntryKind::Dir {
             stack.push(Open {
