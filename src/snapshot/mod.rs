@@ -3,8 +3,9 @@
 //!
 //! * A **view** ([`Snapshotter::view`]) is a read-only filesystem of a chain of layers (base
 //!   first): what COPY/ADD resolve against, what `COPY --from` and `RUN --mount=from=` read. It
-//!   is lazy: nothing is mounted or materialised until [`Snapshotter::root`] first asks for its
-//!   directory, and a layer [`push`](Snapshotter::push)ed onto it costs no remount until then.
+//!   is lazy: nothing is mounted, unpacked or materialised until [`Snapshotter::root`] first
+//!   asks for its directory (or a RUN prepares on it), and a layer
+//!   [`push`](Snapshotter::push)ed onto it costs no remount or unpack until then.
 //! * An **active** snapshot ([`Snapshotter::prepare`]) is a writable filesystem on top of a
 //!   view, where a RUN runs. [`Snapshotter::changes`] reads what the RUN changed (layer
 //!   entries); once the layer is written, [`Snapshotter::commit`] makes it the view's new top
@@ -133,6 +134,10 @@ struct Lazy {
     fresh: bool,
     /// copy: layers of the chain not applied to the directory yet, base first.
     pending: Vec<Descriptor>,
+    /// overlay: layers of the chain whose snapshots are not in the store yet, base first:
+    /// unpacked when the view is first mounted or prepared, so a build that only replays
+    /// cached layers unpacks nothing.
+    unpack: Vec<(Descriptor, DiffId)>,
 }
 
 /// A writable filesystem on top of a [`View`], where a RUN runs.
@@ -246,8 +251,8 @@ impl<'a> Snapshotter<'a> {
         ))
     }
 
-    /// A view of `layers` (with `diff_ids`, base first). overlay: each layer's snapshot is
-    /// unpacked now if it is not in the store yet; nothing is mounted until [`root`](Self::root).
+    /// A view of `layers` (with `diff_ids`, base first). Nothing is unpacked or mounted until
+    /// [`root`](Self::root) or [`prepare`](Self::prepare).
     pub fn view(&self, layers: &[Descriptor], diff_ids: &[DiffId]) -> Result<View, SnapshotError> {
         let prefix = match self.kind {
             Kind::Overlay => "view-",
@@ -264,9 +269,10 @@ impl<'a> Snapshotter<'a> {
         Ok(view)
     }
 
-    /// Adds a layer written on top of the view (COPY, ADD, WORKDIR). overlay: its snapshot is
-    /// unpacked now if it is not in the store yet; the view shows it from the next
-    /// [`root`](Self::root) on (a view never read is never remounted).
+    /// Adds a layer on top of the view (COPY, ADD, WORKDIR, a replayed cache hit). overlay: a
+    /// snapshot not in the store yet is unpacked when the view is next read or prepared; the
+    /// view shows the layer from the next [`root`](Self::root) on (a view never read is never
+    /// remounted, and a layer never read is never unpacked).
     pub fn push(
         &self,
         view: &mut View,
@@ -276,7 +282,9 @@ impl<'a> Snapshotter<'a> {
         let lazy = view.lazy.get_mut().unwrap_or_else(|e| e.into_inner());
         match self.kind {
             Kind::Overlay => {
-                overlay::ensure(self, desc, diff_id)?;
+                if !self.snapshots.contains(diff_id) {
+                    lazy.unpack.push((desc.clone(), *diff_id));
+                }
                 lazy.fresh = false;
             }
             Kind::Copy(_) => lazy.pending.push(desc.clone()),
@@ -457,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn an_overlay_view_mounts_when_first_read_and_a_push_does_not_remount() {
+    fn an_overlay_view_mounts_and_unpacks_when_first_read_and_a_push_does_not_remount() {
         // A thread of its own: its mount namespace is private to it.
         std::thread::spawn(|| {
             if crate::exec::mount::private_mount_namespace().is_err() {
@@ -472,8 +480,8 @@ mod tests {
             let mut view = snap.view(&[d1], &[id1]).unwrap();
             let dir = view.dir.path().to_path_buf();
             assert!(
-                snap.snapshots().contains(&id1),
-                "the snapshot is unpacked at once"
+                !snap.snapshots().contains(&id1),
+                "nothing unpacked before the view is read"
             );
             assert!(mounts_at(&dir).is_empty(), "nothing mounted before root");
             if snap.root(&view).is_err() {
@@ -483,10 +491,11 @@ mod tests {
             let first = mounts_at(&dir);
             assert_eq!(first.len(), 1, "{first:?}");
             assert_eq!(names(&dir), ["a"]);
+            assert!(snap.snapshots().contains(&id1), "unpacked when first read");
             snap.push(&mut view, &d2, &id2).unwrap();
             assert!(
-                snap.snapshots().contains(&id2),
-                "the pushed snapshot is unpacked at once"
+                !snap.snapshots().contains(&id2),
+                "a pushed snapshot is unpacked when next read, not at once"
             );
             // Not remounted: the mount still shows the chain without the new layer.
             assert_eq!(mounts_at(&dir), first, "a push does not remount");
@@ -494,9 +503,11 @@ mod tests {
             assert_eq!(names(snap.root(&view).unwrap()), ["a", "b"]);
             assert_eq!(mounts_at(&dir).len(), 1);
             // A RUN on the view needs no view mount of its own.
+            let (d3, id3) = layer(&store, "c");
             let mut next = snap.view(&[], &[]).unwrap();
-            snap.push(&mut next, &d2, &id2).unwrap();
+            snap.push(&mut next, &d3, &id3).unwrap();
             let active = snap.prepare(&next).unwrap();
+            assert!(snap.snapshots().contains(&id3), "a RUN's prepare unpacks");
             assert!(mounts_at(next.dir.path()).is_empty());
             snap.remove(active).unwrap();
             drop(view);

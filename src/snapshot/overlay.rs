@@ -34,11 +34,21 @@ pub(super) fn ensure(
     Ok(())
 }
 
+/// Unpacks the snapshots the view's pushes left for later (a failure leaves the rest pending).
+fn unpack_pending(s: &Snapshotter<'_>, lazy: &mut Lazy) -> Result<(), SnapshotError> {
+    while let Some((desc, diff_id)) = lazy.unpack.first() {
+        ensure(s, desc, diff_id)?;
+        lazy.unpack.remove(0);
+    }
+    Ok(())
+}
+
 /// Mounts the view over its whole chain, unless it is mounted so already.
 pub(super) fn show(s: &Snapshotter<'_>, view: &View, lazy: &mut Lazy) -> Result<(), SnapshotError> {
     if lazy.fresh {
         return Ok(());
     }
+    unpack_pending(s, lazy)?;
     if let Some(m) = lazy.mount.take() {
         m.unmount()?;
     }
@@ -53,6 +63,7 @@ pub(super) fn show(s: &Snapshotter<'_>, view: &View, lazy: &mut Lazy) -> Result<
 
 /// A fresh upperdir (and workdir) in the snapshot directory, over the view's snapshots.
 pub(super) fn prepare(s: &Snapshotter<'_>, view: &View) -> Result<Active, SnapshotError> {
+    unpack_pending(s, &mut view.lazy.lock().unwrap_or_else(|e| e.into_inner()))?;
     let scratch = s.snapshots.scratch()?;
     let upper = scratch.path().join("upper");
     let work = scratch.path().join("work");
