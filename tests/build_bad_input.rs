@@ -1196,7 +1196,9 @@ fn a_full_disk_names_the_step() {
     let store = fs.0.path().join("store");
     import_busybox(&tar, &store);
     let ctx = tempfile::tempdir().unwrap();
-    random_file(&ctx.path().join("big"), 7 << 20, 7);
+    // Larger than what is left: the layer blob itself cannot be written (the COPY's snapshot
+    // is only unpacked when a later step reads it, so it cannot be what fills the disk).
+    random_file(&ctx.path().join("big"), 11 << 20, 7);
     let stderr = build_error(&store, ctx.path(), "FROM busybox\nCOPY big /big\n", &[]);
     let e = error_line(&stderr);
     assert!(
