@@ -47,74 +47,38 @@ set -euo pipefail
 
 RUNS=${RUNS:-5}
 FILES=${FILES:-100000}
-BUILDAH=${BUILDAH:-1}
-BENCH_USER=${BENCH_USER:-kiln-test}
-BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
 DIGEST=${DIGEST:-1}
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-SHARED_BENCH=${SHARED_BENCH:-$REPO/../shared/bench}
-BASE_NAME=127.0.0.1:5000/busybox:latest
-
-log() { printf '%s  %s\n' "$(date +%T)" "$*" >&2; }
-die() { echo "cache_warm: $*" >&2; exit 1; }
+# BUILDAH, BENCH_USER, BUILDAH_ISOLATION, SHARED_BENCH, REPO, BASE_NAME; log, die and the helpers
+. "$(dirname "$0")/lib.sh"
+TIME_DIGITS=3  # warm builds take well under a second
 
 [ -d "$SHARED_BENCH/cases/copy-tree" ] || die "no $SHARED_BENCH/cases/copy-tree (set SHARED_BENCH)"
 command -v jq >/dev/null || die "jq is needed (apt-get install jq)"
 
-# --- the user that runs the builders -----------------------------------------------------------
-if [ "$(id -u)" = 0 ]; then
-    getent passwd "$BENCH_USER" >/dev/null || die "user $BENCH_USER does not exist"
-    as_user() {
-        runuser -u "$BENCH_USER" -- env -i HOME="$WORK/home" USER="$BENCH_USER" LOGNAME="$BENCH_USER" \
-            XDG_RUNTIME_DIR="$WORK/xdg" LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
-    }
-else
-    BENCH_USER=$(id -un)
-    log "not root: running both builders as $BENCH_USER"
-    as_user() { HOME="$WORK/home" XDG_RUNTIME_DIR="$WORK/xdg" "$@"; }
-fi
+bench_user
 
 # --- work dir and cleanup ----------------------------------------------------------------------
-WORK=${WORK:-$(mktemp -d /var/tmp/kiln-cache-warm.XXXXXX)}
-mkdir -p "$WORK"
+work_dir kiln-cache-warm
 bflags() { echo "--storage-driver overlay --root $WORK/buildah/$1/root --runroot $WORK/buildah/$1/run"; }
-cleanup() {
-    local rc=$?
-    if command -v buildah >/dev/null; then
-        for r in "$WORK"/buildah/*/root; do
-            [ -d "$r" ] || continue
-            r=${r%/root}; r=${r##*/}
-            # shellcheck disable=SC2046
-            as_user buildah $(bflags "$r") rm --all >/dev/null 2>&1 || true
-        done
-    fi
-    if [ -n "${KEEP:-}" ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-    exit "$rc"
+buildah_cleanup() {
+    command -v buildah >/dev/null || return 0
+    local r
+    for r in "$WORK"/buildah/*/root; do
+        [ -d "$r" ] || continue
+        r=${r%/root}; r=${r##*/}
+        # shellcheck disable=SC2046
+        as_user buildah $(bflags "$r") rm --all >/dev/null 2>&1 || true
+    done
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # --- kiln binary -------------------------------------------------------------------------------
-KILN_GIVEN=${KILN:-}
-if [ -z "${KILN:-}" ]; then
-    log "cargo build --release (target dir: ${CARGO_TARGET_DIR:-$REPO/target})"
-    (cd "$REPO" && cargo build --release --quiet --bin kiln) >&2
-    KILN=${CARGO_TARGET_DIR:-$REPO/target}/release/kiln
-fi
-[ -x "$KILN" ] || die "kiln binary not found: $KILN"
-mkdir -p "$WORK/bin" "$WORK/logs" "$WORK/md" "$WORK/xdg" "$WORK/home" "$WORK/kiln" "$WORK/buildah"
-chmod 0700 "$WORK/xdg"
-cp "$KILN" "$WORK/bin/kiln"
-K=$WORK/bin/kiln
+kiln_binary
+mkdir -p "$WORK/kiln" "$WORK/buildah"
 
 # --- contexts ----------------------------------------------------------------------------------
 log "copy-tree: copying the cases, make-cases.sh"
-mkdir -p "$WORK/bench/cases"
-cp "$SHARED_BENCH/make-cases.sh" "$WORK/bench/"
-cp -a "$SHARED_BENCH/cases/." "$WORK/bench/cases/"
-chmod -R u+w "$WORK/bench"
-out=$("$WORK/bench/make-cases.sh" 2>&1) || { echo "$out" >&2; die "make-cases.sh failed"; }
-CASES_DIGEST=$(sed -n 's/^content digest[^:]*: //p' <<<"$out")
+copy_cases
+CASES_DIGEST=$(make_cases)
 CT=$WORK/bench/cases/copy-tree
 EDIT_DEPS=node_modules/pkg-0200/lib/m15.js  # what ../shared/bench/cases/warm-edit/edit.sh edits
 EDIT_SRC=src/index.js
@@ -124,19 +88,7 @@ EDIT_SRC=src/index.js
 BIG=$WORK/bench/big
 log "generating $FILES files in $BIG/files"
 mkdir -p "$BIG/files"
-awk -v files="$FILES" -v ctx="$BIG/files" 'BEGIN {
-    srand(42)
-    line = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_"
-    for (i = 0; i < files; i++) {
-        d = sprintf("%s/d%04d", ctx, int(i / 100))
-        if (i % 100 == 0) system("mkdir -p " d)
-        ext = (i % 50 == 0) ? "log" : "txt"
-        f = sprintf("%s/f%05d.%s", d, i, ext)
-        n = 1 + int(rand() * 64)
-        for (j = 0; j < n; j++) print i, line > f
-        close(f)
-    }
-}'
+gen_files "$FILES" "$BIG/files"
 printf '**/*.log\n' >"$BIG/.dockerignore"
 cat >"$BIG/Dockerfile" <<EOF
 FROM $BASE_NAME
@@ -146,39 +98,13 @@ EOF
 BIG_ENTRIES=$(find "$BIG" | wc -l)
 CT_ENTRIES=$(find "$CT" | wc -l)
 
-log "busybox base rootfs (scripts/make-busybox-rootfs.sh)"
-"$REPO/scripts/make-busybox-rootfs.sh" "$WORK/bb.tar" >/dev/null
-if [ "$(id -u)" = 0 ]; then chown -R "$BENCH_USER:" "$WORK"; fi
+busybox_base
 # the racy rule: files modified in the second the digest index is written are re-hashed, so let
 # every context file be older than the first build's index
 sleep 1.1
 
 # --- timing helpers ----------------------------------------------------------------------------
-# timed CMD... : runs CMD as the bench user, stdout+stderr to $LOG; prints seconds or FAIL
-timed() {
-    sync
-    local t0=$EPOCHREALTIME rc=0
-    as_user "$@" >"$LOG" 2>&1 || rc=$?
-    local t1=$EPOCHREALTIME
-    if [ $rc -ne 0 ]; then echo FAIL; return; fi
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
-}
-# median of "t1 t2 ...", for ratios
-med() {
-    tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ v[NR] = $1 }
-        END { if (NR == 0) exit; printf "%.4f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-# summ "t1 t2 ..." -> "median (min–max)" ("FAIL" if any run failed)
-summ() {
-    local xs=$1
-    [[ " $xs " == *" FAIL "* ]] && { echo "FAIL"; return; }
-    [ -z "${xs// /}" ] && { echo "–"; return; }
-    tr ' ' '\n' <<<"$xs" | grep . | sort -n | awk '
-        { v[NR] = $1 }
-        END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-              f = (m < 1) ? "%.3f" : "%.2f"
-              if (NR == 1) printf f, m; else printf f " (" f "–" f ")", m, v[1], v[NR] }'
-}
+# (timed, med and summ are lib.sh's; TIME_DIGITS=3 above)
 # ratio A B over the medians of two series ("–" when either is missing or failed)
 ratio() {
     [[ " $1 $2 " == *" FAIL "* ]] && { echo "–"; return; }
@@ -239,20 +165,10 @@ BUILDAH_SKIP=""
 B() { local r=$1; shift; as_user buildah $(bflags "$r") "$@"; }
 # buildah_store ROOT: a new store with only the base committed
 buildah_store() {
-    local r=$1 ctr err
-    mkdir -p "$WORK/buildah/$r"; [ "$(id -u)" = 0 ] && chown "$BENCH_USER:" "$WORK/buildah/$r"
-    if ! ctr=$(B "$r" from -q scratch 2>"$WORK/logs/buildah-from-$r.err") ||
-        ! err=$(B "$r" add "$ctr" "$WORK/bb.tar" / 2>&1) ||
-        ! err=$(B "$r" config --cmd '["sh"]' "$ctr" 2>&1) ||
-        ! err=$(B "$r" commit -q --rm "$ctr" "$BASE_NAME" 2>&1); then
-        echo "rootless buildah cannot import the base: ${err:-$(tail -3 "$WORK/logs/buildah-from-$r.err" | tr '\n' ' ')}"
-        return 1
-    fi
+    buildah_commit_base "$WORK/buildah/$1" "$WORK/logs/buildah-from-$1.err" B "$1"
 }
 buildah_setup() {
-    [ "$BUILDAH" = 0 ] && { BUILDAH_SKIP="BUILDAH=0"; return; }
-    command -v buildah >/dev/null || { BUILDAH_SKIP="buildah is not installed"; return; }
-    BUILDAH_VERSION=$(buildah --version | awk '{print $3}')
+    buildah_usable || return 0
     local err
     err=$(buildah_store warm) || { BUILDAH_SKIP=$err; return; }
     BUILDAH_OK=1

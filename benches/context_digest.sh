@@ -19,6 +19,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+. benches/lib.sh  # gen_files
 FILES=${FILES:-100000}
 RUNS=${RUNS:-3}
 BIN=${BIN:-target/release/examples/context_digest}
@@ -32,19 +33,7 @@ ctx=$work/ctx
 mkdir "$ctx"
 dirs=$(( (FILES + 99) / 100 ))
 echo "generating $FILES files in $dirs directories..." >&2
-awk -v files="$FILES" -v ctx="$ctx" 'BEGIN {
-    srand(42)
-    line = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_"
-    for (i = 0; i < files; i++) {
-        d = sprintf("%s/d%04d", ctx, int(i / 100))
-        if (i % 100 == 0) system("mkdir -p " d)
-        ext = (i % 50 == 0) ? "log" : "txt"
-        f = sprintf("%s/f%05d.%s", d, i, ext)
-        n = 1 + int(rand() * 64)
-        for (j = 0; j < n; j++) print i, line > f
-        close(f)
-    }
-}'
+gen_files "$FILES" "$ctx"
 printf '*.log\n**/*.log\n' > "$ctx/.dockerignore"
 bytes=$(du -sb "$ctx" | cut -f1)
 echo "context: $FILES files, $((bytes / 1024 / 1024)) MiB" >&2

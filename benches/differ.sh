@@ -39,6 +39,7 @@ done
 
 cd "$(dirname "$0")/.."
 REPO=$PWD
+. benches/lib.sh  # best_time
 echo "building kiln (release)..." >&2
 cargo build --release --quiet --bin kiln
 KILN=${CARGO_TARGET_DIR:-$REPO/target}/release/kiln
@@ -71,21 +72,6 @@ FROM busybox
 RUN mkdir /data && for i in \$(seq $PARTS); do dd if=/dev/urandom of=/data/part\$i bs=1M count=20 2>/dev/null; done && dd if=/dev/urandom of=/big bs=1M count=$BIG_MB 2>/dev/null
 RUN printf x | dd of=/big conv=notrunc bs=1 seek=1000 2>/dev/null
 EOF
-
-# Best wall time of $RUNS runs of a shell pipeline, in seconds.
-best_time() {
-    local best="" t start end
-    for ((i = 0; i < RUNS; i++)); do
-        start=$(date +%s.%N)
-        bash -o pipefail -c "$1" >/dev/null
-        end=$(date +%s.%N)
-        t=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')
-        if [[ -z "$best" ]] || awk -v t="$t" -v b="$best" 'BEGIN { exit !(t < b) }'; then
-            best=$t
-        fi
-    done
-    echo "$best"
-}
 
 secs() { awk -v s="$1" 'BEGIN { printf "%.3f", s }'; }
 

@@ -13,6 +13,7 @@ set -euo pipefail
 
 RUNS=${RUNS:-3}
 cd "$(dirname "$0")/.."
+. benches/lib.sh  # best_time
 
 echo "building (release)..." >&2
 cargo build --release --quiet --example layer_bench
@@ -36,22 +37,6 @@ TAR_BYTES=$(awk '$1 == "uncompressed" { print $3 }' <<<"$KILN_OUT")
 
 mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / 1e6 / s }'; }
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
-
-# best wall time of $RUNS runs of a shell pipeline, in seconds
-best_time() {
-    local best="" t
-    for ((i = 0; i < RUNS; i++)); do
-        local start end
-        start=$(date +%s.%N)
-        bash -c "$1" >/dev/null
-        end=$(date +%s.%N)
-        t=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')
-        if [[ -z "$best" ]] || awk -v t="$t" -v b="$best" 'BEGIN { exit !(t < b) }'; then
-            best=$t
-        fi
-    done
-    echo "$best"
-}
 
 rows=()
 add_kiln_row() {

@@ -55,115 +55,51 @@ set -euo pipefail
 RUNS=${RUNS:-3}
 CASES=${CASES:-run-many-files multistage copy-tree}
 JOBS1_CASES=${JOBS1_CASES-multistage}
-BUILDAH=${BUILDAH:-1}
-BENCH_USER=${BENCH_USER:-kiln-test}
-BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
 BUDGET_S=${BUDGET_S:-520}
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-SHARED_BENCH=${SHARED_BENCH:-$REPO/../shared/bench}
-BASE_NAME=127.0.0.1:5000/busybox:latest
-
-log() { printf '%s  %s\n' "$(date +%T)" "$*" >&2; }
-die() { echo "vs_buildah: $*" >&2; exit 1; }
+# BUILDAH, BENCH_USER, BUILDAH_ISOLATION, SHARED_BENCH, REPO, BASE_NAME; log, die and the helpers
+. "$(dirname "$0")/lib.sh"
 
 [ -d "$SHARED_BENCH/cases" ] || die "no $SHARED_BENCH/cases (set SHARED_BENCH)"
 command -v jq >/dev/null || die "jq is needed (apt-get install jq)"
 
-# --- the user that runs the builders -----------------------------------------------------------
-if [ "$(id -u)" = 0 ]; then
-    getent passwd "$BENCH_USER" >/dev/null || die "user $BENCH_USER does not exist"
-    as_user() {
-        runuser -u "$BENCH_USER" -- env -i HOME="$WORK/home" USER="$BENCH_USER" LOGNAME="$BENCH_USER" \
-            XDG_RUNTIME_DIR="$WORK/xdg" LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
-    }
-else
-    BENCH_USER=$(id -un)
-    log "not root: running both builders as $BENCH_USER"
-    as_user() { HOME="$WORK/home" XDG_RUNTIME_DIR="$WORK/xdg" "$@"; }
-fi
+bench_user
 grep -q "^$BENCH_USER:" /etc/subuid 2>/dev/null ||
     log "WARNING: $BENCH_USER has no range in /etc/subuid: kiln falls back to a single-id map"
 
 # --- work dir and cleanup ----------------------------------------------------------------------
-WORK=${WORK:-$(mktemp -d /var/tmp/kiln-vs-buildah.XXXXXX)}
-mkdir -p "$WORK"
+work_dir kiln-vs-buildah
 BSF=(--storage-driver overlay --root "$WORK/buildah/root" --runroot "$WORK/buildah/run")
-cleanup() {
-    local rc=$?
+buildah_cleanup() {
     if command -v buildah >/dev/null && [ -d "$WORK/buildah/root" ]; then
         as_user buildah "${BSF[@]}" rm --all >/dev/null 2>&1 || true
     fi
-    if [ -n "${KEEP:-}" ]; then
-        log "kept $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # --- kiln binary -------------------------------------------------------------------------------
-KILN_GIVEN=${KILN:-}
-if [ -z "${KILN:-}" ]; then
-    log "cargo build --release (target dir: ${CARGO_TARGET_DIR:-$REPO/target})"
-    (cd "$REPO" && cargo build --release --quiet --bin kiln) >&2
-    KILN=${CARGO_TARGET_DIR:-$REPO/target}/release/kiln
-fi
-[ -x "$KILN" ] || die "kiln binary not found: $KILN"
-# HOME and XDG_RUNTIME_DIR of the builders: buildah's blob-info cache, CNI lock, pause process and
-# locks stay in the work dir instead of the user's home, /run or /var/tmp
-mkdir -p "$WORK/bin" "$WORK/logs" "$WORK/md" "$WORK/xdg" "$WORK/home"
-chmod 0700 "$WORK/xdg"
-cp "$KILN" "$WORK/bin/kiln"
-K=$WORK/bin/kiln
+kiln_binary
 # whether this kiln has `--jobs` (parallel stages): without it, --jobs 1 cells are n/a
 if "$K" build --help 2>/dev/null | grep -q -- '--jobs'; then KILN_JOBS=1; else KILN_JOBS=0; fi
 jobs1() { [ "$KILN_JOBS" = 1 ] && [[ " $JOBS1_CASES " == *" $1 "* ]]; }
 
 # --- cases: a scratch copy, big contexts generated there ---------------------------------------
 log "copying cases into $WORK/bench"
-mkdir -p "$WORK/bench/cases"
-cp "$SHARED_BENCH/make-cases.sh" "$WORK/bench/"
 for c in $CASES; do
     [ -d "$SHARED_BENCH/cases/$c" ] || die "no case $c in $SHARED_BENCH/cases"
 done
 # every case (the others are small), so make-cases.sh's digest is comparable with RESULTS-peer.md's
-cp -a "$SHARED_BENCH/cases/." "$WORK/bench/cases/"
-chmod -R u+w "$WORK/bench"
+copy_cases
 DIGEST=""
 case " $CASES " in
 *" copy-tree "*)
     log "make-cases.sh (generates copy-tree's node_modules/ and build-cache/ in the copy)"
-    out=$("$WORK/bench/make-cases.sh" 2>&1) || { echo "$out" >&2; die "make-cases.sh failed"; }
-    DIGEST=$(sed -n 's/^content digest[^:]*: //p' <<<"$out")
+    DIGEST=$(make_cases)
     ;;
 esac
 
-log "busybox base rootfs (scripts/make-busybox-rootfs.sh)"
-"$REPO/scripts/make-busybox-rootfs.sh" "$WORK/bb.tar" >/dev/null
-if [ "$(id -u)" = 0 ]; then chown -R "$BENCH_USER:" "$WORK"; fi
+busybox_base
 
-# --- timing helpers ----------------------------------------------------------------------------
-# timed CMD... : runs CMD as the bench user, stdout+stderr to $LOG; prints seconds or FAIL
-timed() {
-    sync
-    local t0=$EPOCHREALTIME rc=0
-    as_user "$@" >"$LOG" 2>&1 || rc=$?
-    local t1=$EPOCHREALTIME
-    if [ $rc -ne 0 ]; then echo FAIL; return; fi
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }'
-}
-# summ "t1 t2 ..." -> "median (min–max)" ("FAIL" if any run failed)
-summ() {
-    local xs=$1
-    [[ " $xs " == *" FAIL "* ]] && { echo "FAIL"; return; }
-    [ -z "${xs// /}" ] && { echo "–"; return; }
-    tr ' ' '\n' <<<"$xs" | grep . | sort -n | awk '
-        { v[NR] = $1 }
-        END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-              if (NR == 1) printf "%.2f", m; else printf "%.2f (%.2f–%.2f)", m, v[1], v[NR] }'
-}
+# --- failures ----------------------------------------------------------------------------------
+# (timed and summ, with 2 decimals, are lib.sh's)
 FAILURES=()
 record_failure() {  # record_failure WHAT CASE LOGFILE
     FAILURES+=("$1|$2|$3")
@@ -212,16 +148,9 @@ BUILDAH_OK=0
 BUILDAH_SKIP=""
 B() { as_user buildah "${BSF[@]}" "$@"; }
 buildah_setup() {
-    [ "$BUILDAH" = 0 ] && { BUILDAH_SKIP="BUILDAH=0"; return; }
-    command -v buildah >/dev/null || { BUILDAH_SKIP="buildah is not installed"; return; }
-    BUILDAH_VERSION=$(buildah --version | awk '{print $3}')
-    local err ctr
-    mkdir -p "$WORK/buildah"; [ "$(id -u)" = 0 ] && chown "$BENCH_USER:" "$WORK/buildah"
-    if ! ctr=$(B from -q scratch 2>"$WORK/logs/buildah-from.err") || ! err=$(B add "$ctr" "$WORK/bb.tar" / 2>&1) ||
-        ! err=$(B config --cmd '["sh"]' "$ctr" 2>&1) ||
-        ! err=$(B commit -q --rm "$ctr" "$BASE_NAME" 2>&1); then
-        BUILDAH_SKIP="rootless buildah cannot import the base: ${err:-$(tail -3 "$WORK/logs/buildah-from.err" | tr '\n' ' ')}"; return
-    fi
+    buildah_usable || return 0
+    local err
+    err=$(buildah_commit_base "$WORK/buildah" "$WORK/logs/buildah-from.err" B) || { BUILDAH_SKIP=$err; return; }
     # one RUN with the isolation the benchmark uses
     local p=$WORK/bench/probe
     mkdir -p "$p"; printf 'FROM %s\nRUN echo ok\n' "$BASE_NAME" >"$p/Dockerfile"
