@@ -173,6 +173,21 @@ impl Built {
     }
 }
 
+/// Keeps the first own change at a stage's places as the stage's root cause, with where it
+/// is (unless its text already says where: a stage it copies from changed).
+fn note_cause(cause: &mut Option<String>, step: &Step, change: &Change) {
+    let Change::Own(text) = change else { return };
+    if cause.is_some() {
+        return;
+    }
+    let here = format!("({}:", step.loc.file);
+    *cause = Some(if text.ends_with(')') && text.contains(&here) {
+        text.clone()
+    } else {
+        format!("{text} ({}:{})", step.loc.file, step.loc.line)
+    });
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A worker that panicked has already failed the build; its data is still consistent
     // enough to read for cleanup.
@@ -398,9 +413,17 @@ impl<'a> Shared<'a> {
                         *changed = true;
                     }
                     lineage[position] = Some(key.document.clone());
-                    self.note_cause(&mut cause, step, &key.change);
                     let own = key.key;
+                    let change = key.change.clone();
+                    if let Op::Base(Source::Stage { index, .. }) = &step.op {
+                        cause = self.stage_cause(*index);
+                    }
                     let result = self.execute(&mut state, step, key, cause.as_deref())?;
+                    // A step that hit is not a cause, even if its own input changed (a build
+                    // arg set back to an earlier value).
+                    if !result.cached {
+                        note_cause(&mut cause, step, &change);
+                    }
                     parent = Some(result.chain.unwrap_or(own));
                     Ok(result)
                 });
@@ -550,20 +573,6 @@ impl<'a> Shared<'a> {
             Op::Mkdir(m) => self.mkdir(state, m, &step.created_by),
             Op::Copy(c) => self.copy(state, c, &step.created_by),
             Op::Run(r) => self.run(state, step, r),
-        }
-    }
-
-    /// Keeps the first own change at this stage's places (or, at its FROM, the change of
-    /// the stage or image it builds on) as the stage's root cause.
-    fn note_cause(&self, cause: &mut Option<String>, step: &Step, change: &Change) {
-        if let Op::Base(Source::Stage { index, .. }) = &step.op {
-            *cause = self.stage_cause(*index);
-            return;
-        }
-        if cause.is_none()
-            && let Change::Own(text) = change
-        {
-            *cause = Some(format!("{text} ({}:{})", step.loc.file, step.loc.line));
         }
     }
 
