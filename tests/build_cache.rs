@@ -251,20 +251,7 @@ fn cache_records_are_roots_until_pruned() {
         &["-t", "c:1"],
         &[],
     );
-    let kiln = |args: &[&str]| {
-        let out = common::build::kiln_as(who)
-            .arg("--root")
-            .arg(store.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let kiln = |args: &[&str]| common::build::kiln_ok_as(who, store.path(), args);
     let listed: serde_json::Value =
         serde_json::from_str(&kiln(&["cache", "ls", "--format", "json"])).unwrap();
     let kinds: Vec<&str> = listed
@@ -507,18 +494,8 @@ fn cache_stats_match_the_metadata_files_as(who: Runner) {
         let k = keyed(&b);
         expected.push((k.iter().filter(|(_, c)| *c).count(), k.len()));
     }
-    let out = common::build::kiln_as(who)
-        .arg("--root")
-        .arg(store.path())
-        .args(["cache", "stats", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = common::build::kiln_ok_as(who, store.path(), &["cache", "stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
     let builds = stats["builds"].as_array().unwrap();
     let got: Vec<(usize, usize)> = builds
         .iter()
@@ -536,13 +513,7 @@ fn cache_stats_match_the_metadata_files_as(who: Runner) {
     assert!((rate - hits as f64 / steps as f64).abs() < 1e-9, "{stats}");
     assert!(stats["overall"]["saved_seconds"].as_f64().unwrap() > 0.0);
     // --last 2 keeps the last two, and the steps that missed most are named with reasons.
-    let out = common::build::kiln_as(who)
-        .arg("--root")
-        .arg(store.path())
-        .args(["cache", "stats", "--last", "2"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = common::build::kiln_ok_as(who, store.path(), &["cache", "stats", "--last", "2"]);
     assert!(text.contains("overall: 2 builds"), "{text}");
     assert!(text.contains("most missed:"), "{text}");
     assert!(text.contains("--no-cache"), "{text}");

@@ -13,7 +13,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::build::{RUNNERS, Runner, Scratch, chown_tree, have, kiln_as, runner_dir};
-use common::build::{runner_store, skopeo_inspect};
+use common::build::{kiln_ok_as, runner_store, skopeo_inspect};
 use kiln::cache::CacheRecord;
 use serde_json::Value;
 
@@ -142,24 +142,6 @@ fn build(who: Runner, store: &Path, ctx: &Path, dockerfile: &str, tag: &str) -> 
     d
 }
 
-/// `kiln --root STORE ARGS` as `who`; requires success and returns stdout.
-fn kiln(who: Runner, store: &Path, args: &[&str]) -> String {
-    let out = kiln_as(who)
-        .arg("--root")
-        .arg(store)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kiln {args:?} as {}: {}",
-        who.label(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Checks the index as files: every entry of the records directory is `<key hex>.json` holding
 /// a whole record whose document hashes to that key, and `kiln cache ls --format json` lists
 /// exactly those keys, each once. Returns the keys.
@@ -194,8 +176,12 @@ fn whole_records(who: Runner, store: &Path) -> BTreeSet<String> {
         );
         on_disk.insert(r.key.to_string());
     }
-    let listed: Value =
-        serde_json::from_str(&kiln(who, store, &["cache", "ls", "--format", "json"])).unwrap();
+    let listed: Value = serde_json::from_str(&kiln_ok_as(
+        who,
+        store,
+        &["cache", "ls", "--format", "json"],
+    ))
+    .unwrap();
     let listed: Vec<String> = listed
         .as_array()
         .unwrap()
@@ -293,7 +279,7 @@ fn race(who: Runner, store: &Path, ctx: &Path, want_records: usize, case: &str) 
     assert_eq!(third.id, a.id);
     assert_eq!(whole_records(who, store), keys);
     for tag in ["race:a", "race:b", "race:c"] {
-        let img: Value = serde_json::from_str(&kiln(who, store, &["inspect", tag])).unwrap();
+        let img: Value = serde_json::from_str(&kiln_ok_as(who, store, &["inspect", tag])).unwrap();
         assert_eq!(img["id"].as_str(), Some(a.id.trim()), "{tag}");
     }
 }
@@ -368,7 +354,7 @@ fn kill_during_layer_write(who: Runner, store: &Path, ctx: &Path) -> (String, Pa
         let Some(temp) = seen else {
             eprintln!("note: the {mib} MiB layer was written before the kill; trying bigger");
             // The finished build's records and tag are harmless: the next kill proves the point.
-            kiln(who, store, &["rmi", "killed:1"]);
+            kiln_ok_as(who, store, &["rmi", "killed:1"]);
             continue;
         };
         assert_eq!(job.who, who);
@@ -432,7 +418,8 @@ fn a_build_killed_while_writing_a_layer(who: Runner) {
         assert_eq!(img["Layers"].as_array().unwrap().len(), 2, "{img}");
         assert_eq!(raw["layers"].as_array().unwrap().len(), 2, "{raw}");
     }
-    let again: Value = serde_json::from_str(&kiln(who, store, &["inspect", "before:1"])).unwrap();
+    let again: Value =
+        serde_json::from_str(&kiln_ok_as(who, store, &["inspect", "before:1"])).unwrap();
     assert_eq!(again["id"].as_str(), Some(before.id.trim()));
 
     // The next build succeeds and cleans up after the killed one; the one after is all hits.

@@ -335,6 +335,24 @@ pub fn build_error_as(
     stderr
 }
 
+/// `kiln --root STORE ARGS` as `who`; requires success and returns stdout.
+pub fn kiln_ok_as(who: Runner, store: &Path, args: &[&str]) -> String {
+    let out = kiln_as(who)
+        .arg("--root")
+        .arg(store)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kiln {args:?} as {}: {}",
+        who.label(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A temporary directory: removed (by the root test process) when dropped.
 pub type Scratch = tempfile::TempDir;
 
