@@ -172,6 +172,39 @@ fn exchange(who: Runner) {
     assert_eq!(reader.read("seen.txt"), "warm\n");
     assert_eq!(reader.read("owner.txt"), "1234:5678\n");
 
+    // Without SOURCE_DATE_EPOCH, a store built only from imported hits makes the exporter's
+    // image too: the records carry the history time the exporting build used.
+    let plain = files.path().join("cache-plain");
+    let plain_to = format!("type=local,dest={},mode=max", plain.display());
+    let plain_from = format!("type=local,src={}", plain.display());
+    let made = build_as(
+        who,
+        one.path(),
+        ctx.path(),
+        DOCKERFILE,
+        &["--build-arg", &arg, "--cache-to", &plain_to],
+        &[],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let three = seeded(who, &archive);
+    let imported = build_as(
+        who,
+        three.path(),
+        ctx.path(),
+        DOCKERFILE,
+        &["--build-arg", &arg, "--cache-from", &plain_from],
+        &[],
+    );
+    assert!(
+        keyed(&imported).iter().all(|(_, c)| *c),
+        "{:?}",
+        keyed(&imported)
+    );
+    assert_eq!(
+        imported.id, made.id,
+        "the exporter's image, timestamps included"
+    );
+
     // No plaintext build arg leaves the machine: not in any file of the export (layers
     // decompressed too), while the local record of the first store does hold it (so this
     // test would see a leak).

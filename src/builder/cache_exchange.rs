@@ -78,6 +78,7 @@ impl Shared<'_> {
                 continue;
             };
             record.seconds = import.seconds(key);
+            record.stamp = import.stamp(key);
             if let Some(index) = &self.cache
                 && let Err(e) = index.put(&record)
             {

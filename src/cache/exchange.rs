@@ -262,9 +262,17 @@ pub struct ExportedRecord {
     /// JSON has no other numbers).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub millis: u64,
+    /// The history time the exporting build gave the step (Unix seconds): a build made only
+    /// of imported hits then makes the exporter's image, timestamps included.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub stamp: i64,
 }
 
 fn is_zero(x: &u64) -> bool {
+    *x == 0
+}
+
+fn is_zero_i64(x: &i64) -> bool {
     *x == 0
 }
 
@@ -442,6 +450,7 @@ impl LayoutWriter {
                 .and_then(Value::as_str)
                 .and_then(|k| k.parse().ok()),
             millis: (record.seconds * 1000.0).round() as u64,
+            stamp: record.stamp,
         });
         Ok(())
     }
@@ -727,6 +736,13 @@ impl Imported {
         self.by_key
             .get(key)
             .map_or(0.0, |&i| self.config.records[i].millis as f64 / 1000.0)
+    }
+
+    /// The history time the exporting build gave the step of `key` (0: unknown).
+    pub fn stamp(&self, key: &CacheKey) -> i64 {
+        self.by_key
+            .get(key)
+            .map_or(0, |&i| self.config.records[i].stamp)
     }
 
     /// Copies the blobs of `result` that `store` lacks into it, verifying their digests.
