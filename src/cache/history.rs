@@ -27,6 +27,8 @@ use super::{CacheError, CacheKey, Index, KeyDocument};
 const LINEAGE: &str = "lineage";
 const SELECTIONS: &str = "selections";
 const BUILDS: &str = "builds";
+/// How many build records `kiln cache stats` can look back over.
+pub const KEPT_BUILDS: usize = 1000;
 
 /// The places of one stage (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,14 +161,34 @@ impl Index {
         Ok(removed)
     }
 
-    /// Appends the record of one build.
+    /// Appends the record of one build, keeping the last [`KEPT_BUILDS`].
     pub fn add_build(&self, build: &BuildStats) -> Result<(), CacheError> {
+        self.add_build_keeping(build, KEPT_BUILDS)
+    }
+
+    /// Appends the record of one build and removes the oldest beyond the last `keep`.
+    pub fn add_build_keeping(&self, build: &BuildStats, keep: usize) -> Result<(), CacheError> {
         let bytes = serde_json::to_vec(build).map_err(CacheError::Document)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let name = format!("{nanos:024}-{}.json", std::process::id());
-        self.write_atomic(&self.dir().join(BUILDS).join(name), &bytes, false)
+        let dir = self.dir().join(BUILDS);
+        self.write_atomic(&dir.join(name), &bytes, false)?;
+        let mut names: Vec<PathBuf> = fs::read_dir(&dir)
+            .map_err(|e| CacheError::io("listing", &dir, e))?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .map(|e| e.path())
+            .collect();
+        if names.len() > keep {
+            names.sort();
+            for old in &names[..names.len() - keep] {
+                // Another build may have removed it already.
+                let _ = fs::remove_file(old);
+            }
+        }
+        Ok(())
     }
 
     /// The last `last` builds (all when `None`), oldest first. Damaged files are skipped.
@@ -258,5 +280,10 @@ mod tests {
         assert_eq!(all.iter().map(|b| b.time).collect::<Vec<_>>(), [0, 1, 2]);
         let last = ix.builds(Some(2)).unwrap();
         assert_eq!(last.iter().map(|b| b.time).collect::<Vec<_>>(), [1, 2]);
+        let mut b = all[2].clone();
+        b.time = 3;
+        ix.add_build_keeping(&b, 2).unwrap();
+        let kept = ix.builds(None).unwrap();
+        assert_eq!(kept.iter().map(|b| b.time).collect::<Vec<_>>(), [2, 3]);
     }
 }
