@@ -286,7 +286,7 @@ impl Shared<'_> {
             cached: true,
             saved_seconds: record.seconds,
             recorded: (record.stamp > 0).then_some(record.stamp),
-            chain: chain_of(record),
+            chain: record.result.chain,
             ..StepResult::default()
         };
         let layers = record.result.layers.iter().zip(&record.result.diff_ids);
@@ -301,11 +301,6 @@ impl Shared<'_> {
             result.diff_id = Some(*diff_id);
         }
         Ok(result)
-    }
-
-    /// The record of `key` when it can be replayed (a prune may have taken its blobs).
-    pub(super) fn lookup(&self, key: &CacheKey, document: &KeyDocument) -> Option<CacheRecord> {
-        self.cached_record(key, document)
     }
 
     /// Whether every blob a record names is still in the store (a prune may have taken it).
@@ -330,16 +325,13 @@ impl Shared<'_> {
         chain: Option<CacheKey>,
     ) {
         let Some(index) = &self.cache else { return };
-        let config = match chain {
-            Some(k) => json!({ "chain": k.to_string() }),
-            None => Value::Null,
-        };
         let record = CacheRecord::new(
             document,
             CacheResult {
                 layers: result.layer.iter().cloned().collect(),
                 diff_ids: result.diff_id.iter().copied().collect(),
-                config,
+                config: Value::Null,
+                chain,
             },
             crate::image::config::now_unix(),
         )
@@ -354,16 +346,6 @@ impl Shared<'_> {
             });
         }
     }
-}
-
-/// The key a record's later steps build on: its own, unless it names another.
-fn chain_of(record: &CacheRecord) -> Option<CacheKey> {
-    record
-        .result
-        .config
-        .get("chain")
-        .and_then(Value::as_str)
-        .and_then(|k| k.parse().ok())
 }
 
 /// The content digest of what `sources` select in a root filesystem (every path kept).
@@ -410,10 +392,10 @@ impl Shared<'_> {
                 }
                 _ => return None,
             },
-            "inputs" => self.describe_inputs(step, old, new, path),
-            _ => match (build_arg_change(old, new), &step.op) {
-                (Some(text), _) => text,
-                (None, _) => format!("instruction changed: {change}"),
+            "inputs" => self.describe_inputs(step, old, new, &change),
+            _ => match build_arg_change(old, new) {
+                Some(text) => text,
+                None => format!("instruction changed: {change}"),
             },
         })
     }
@@ -423,8 +405,9 @@ impl Shared<'_> {
         step: &Step,
         old: &KeyDocument,
         new: &KeyDocument,
-        path: &str,
+        change: &crate::cache::FieldChange,
     ) -> String {
+        let path = change.path.as_str();
         let files = |field: &str| -> Option<String> {
             let index = self.cache.as_ref()?;
             let digest_at = |d: &KeyDocument| -> Option<String> {
@@ -494,10 +477,7 @@ impl Shared<'_> {
                 _ => "the stage or image it reads changed".to_string(),
             };
         }
-        match crate::cache::first_difference(old, new) {
-            Some(change) => change.to_string(),
-            None => "its inputs changed".to_string(),
-        }
+        change.to_string()
     }
 
     /// Why `key` missed, in words: its own change, or the root cause of its parent's.
@@ -562,30 +542,16 @@ fn mode_change(
     (a != b).then(|| format!("mode of {path} {a:04o} → {b:04o}"))
 }
 
-/// The paths that differ between two remembered selections.
+/// The paths that differ between two remembered selections (a directory's entry digest
+/// covers only its own metadata: a file added in it names the file, not the directory).
 fn changed_files(
     old: &[crate::cache::SelectedFile],
     new: &[crate::cache::SelectedFile],
 ) -> crate::context::FileChanges {
-    use std::collections::BTreeMap;
-    let a: BTreeMap<&str, &str> = old.iter().map(|f| (f.0.as_str(), f.1.as_str())).collect();
-    let b: BTreeMap<&str, &str> = new.iter().map(|f| (f.0.as_str(), f.1.as_str())).collect();
-    let mut out = crate::context::FileChanges::default();
-    for (p, d) in &b {
-        match a.get(p) {
-            // A directory's entry digest covers only its own metadata: a file added in it
-            // names the file, not the directory.
-            Some(o) if o == d => {}
-            Some(_) => out.changed.push(PathBuf::from(p)),
-            None => out.added.push(PathBuf::from(p)),
-        }
-    }
-    for p in a.keys() {
-        if !b.contains_key(p) {
-            out.removed.push(PathBuf::from(p));
-        }
-    }
-    out
+    crate::context::diff_by_path(
+        old.iter().map(|f| (Path::new(&f.0), f.1.as_str())),
+        new.iter().map(|f| (Path::new(&f.0), f.1.as_str())),
+    )
 }
 
 fn is_url(s: &str) -> bool {

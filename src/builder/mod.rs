@@ -428,7 +428,7 @@ pub fn build(
     cache_exchange::export(store, opts, &lowered, graph.target, &built.records)?;
     let image = store.resolve(manifest.digest().as_ref())?;
     record_build_stats(
-        store,
+        built.cache.as_ref(),
         opts,
         &built.records,
         &image,
@@ -464,14 +464,14 @@ fn reused_time(opts: &BuildOptions, records: &[StepRecord]) -> Option<i64> {
 
 /// Appends this build to the store's build statistics (`kiln cache stats`); best effort.
 fn record_build_stats(
-    store: &Store,
+    index: Option<&crate::cache::Index>,
     opts: &BuildOptions,
     records: &[StepRecord],
     image: &StoredImage,
     took: std::time::Duration,
     progress: &dyn Progress,
 ) {
-    let Ok(index) = crate::cache::Index::open(store.root()) else {
+    let Some(index) = index else {
         return;
     };
     let steps = records

@@ -163,6 +163,8 @@ pub(super) struct Built {
     stages: BTreeMap<usize, Arc<Mutex<StageState>>>,
     pub records: Vec<StepRecord>,
     pub warned_layers: BTreeSet<String>,
+    /// The step cache the build used (`None` when it could not be opened).
+    pub cache: Option<crate::cache::Index>,
 }
 
 impl Built {
@@ -346,6 +348,7 @@ impl<'a> Shared<'a> {
             });
         }
         Ok(Built {
+            cache: self.cache,
             stages: self.done.into_inner().unwrap_or_else(|e| e.into_inner()),
             records: records.into_iter().map(|(_, r)| r).collect(),
             warned_layers: self
@@ -516,7 +519,7 @@ impl<'a> Shared<'a> {
             return self.run_op(state, step);
         }
         let look = !self.opts.no_cache && !self.opts.no_cache_filter.contains(&step.stage);
-        if look && let Some(record) = self.lookup(&key.key, &key.document) {
+        if look && let Some(record) = self.cached_record(&key.key, &key.document) {
             let mut result = self.replay(state, step, &record)?;
             result.key = Some(key.key.to_string());
             result.chain = result.chain.or(chain);
@@ -530,7 +533,7 @@ impl<'a> Shared<'a> {
         if look
             && let Some((_, content_key)) = &content
             && let Some((content_doc, _)) = &content
-            && let Some(record) = self.lookup(content_key, content_doc)
+            && let Some(record) = self.cached_record(content_key, content_doc)
         {
             let mut result = self.replay(state, step, &record)?;
             result.key = Some(key.key.to_string());

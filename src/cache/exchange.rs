@@ -443,12 +443,7 @@ impl LayoutWriter {
             document: redact(&record.document)?,
             layers,
             created: record.created,
-            chain: record
-                .result
-                .config
-                .get("chain")
-                .and_then(Value::as_str)
-                .and_then(|k| k.parse().ok()),
+            chain: record.result.chain,
             millis: (record.seconds * 1000.0).round() as u64,
             stamp: record.stamp,
         });
@@ -724,10 +719,8 @@ impl Imported {
                 .iter()
                 .map(|&i| self.config.layers[i].diff_id)
                 .collect(),
-            config: match &r.chain {
-                Some(k) => serde_json::json!({ "chain": k.to_string() }),
-                None => Value::Null,
-            },
+            config: Value::Null,
+            chain: r.chain,
         })
     }
 
@@ -903,6 +896,7 @@ mod tests {
                 layers: vec![blob.clone()],
                 diff_ids: vec![DiffId::of(b"tar")],
                 config: Value::Null,
+                chain: None,
             },
             42,
         )

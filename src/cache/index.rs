@@ -48,6 +48,10 @@ pub struct CacheResult {
     pub diff_ids: Vec<DiffId>,
     /// The step's change to the image config (and history), as the builder records it.
     pub config: Value,
+    /// The key later steps build on, when not the record's own (a `COPY --from` found by its
+    /// stage's key chains on the key of the content it copied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<CacheKey>,
 }
 
 /// One entry of the index.
@@ -439,6 +443,7 @@ mod tests {
                 .map(|(b, _)| DiffId::of(b.as_bytes()))
                 .collect(),
             config: json!({"env": [["N", n.to_string()]]}),
+            chain: None,
         };
         CacheRecord::new(doc, result, 1_000).unwrap()
     }

@@ -152,10 +152,19 @@ impl FileChanges {
 /// (a different type counts as changed), one only in `new` added, one only in `old` removed.
 /// A rename is a removal and an addition.
 pub fn diff_files(old: &[FileDigest], new: &[FileDigest]) -> FileChanges {
-    let old_map: HashMap<&Path, &Digest> =
-        old.iter().map(|f| (f.path.as_path(), &f.digest)).collect();
-    let new_map: HashMap<&Path, &Digest> =
-        new.iter().map(|f| (f.path.as_path(), &f.digest)).collect();
+    diff_by_path(
+        old.iter().map(|f| (f.path.as_path(), &f.digest)),
+        new.iter().map(|f| (f.path.as_path(), &f.digest)),
+    )
+}
+
+/// [`diff_files`] over any (path, digest) pairs (e.g. lists read back from a store).
+pub fn diff_by_path<'a, D: Eq + 'a>(
+    old: impl IntoIterator<Item = (&'a Path, D)>,
+    new: impl IntoIterator<Item = (&'a Path, D)>,
+) -> FileChanges {
+    let old_map: HashMap<&Path, D> = old.into_iter().collect();
+    let new_map: HashMap<&Path, D> = new.into_iter().collect();
     let mut out = FileChanges::default();
     for (path, d) in &new_map {
         match old_map.get(path) {

@@ -18,7 +18,7 @@ pub mod walk;
 
 pub use digest::{
     ContextDigester, Digest, DigestError, DigestStats, FileChanges, FileDigest, IndexState,
-    RootDigest, SelectionDigest, diff_files, digest_paths,
+    RootDigest, SelectionDigest, diff_by_path, diff_files, digest_paths,
 };
 pub use ignore::{
     IgnoreError, MatchInfo, MatchType, Pattern, PatternMatcher, matches, read_ignore_file,
