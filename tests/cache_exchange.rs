@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::build::{
-    Built, OWNERSHIP_RUNNERS, Runner, build_as, build_error_as, have, kiln_as, runner_dir,
+    Built, OWNERSHIP_RUNNERS, Runner, build_as, build_error_as, have, kiln_ok_as, runner_dir,
     runner_store, skopeo_inspect,
 };
 
@@ -47,32 +47,10 @@ fn keyed(b: &Built) -> Vec<(String, bool)> {
         .collect()
 }
 
-fn kiln_ok(who: Runner, args: &[&std::ffi::OsStr]) {
-    let out = kiln_as(who)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kiln {args:?} as {}: {}",
-        who.label(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A fresh store with `busybox:latest` loaded from `archive`.
 fn seeded(who: Runner, archive: &Path) -> tempfile::TempDir {
     let store = runner_dir(who);
-    kiln_ok(
-        who,
-        &[
-            "--root".as_ref(),
-            store.path().as_os_str(),
-            "load".as_ref(),
-            archive.as_os_str(),
-        ],
-    );
+    kiln_ok_as(who, store.path(), &["load".as_ref(), archive.as_os_str()]);
     store
 }
 
@@ -99,11 +77,10 @@ fn exchange(who: Runner) {
     // One saved base archive seeds both stores.
     let files = runner_dir(who);
     let archive = files.path().join("busybox.tar");
-    kiln_ok(
+    kiln_ok_as(
         who,
+        origin.path(),
         &[
-            "--root".as_ref(),
-            origin.path().as_os_str(),
             "save".as_ref(),
             "busybox:latest".as_ref(),
             "-o".as_ref(),

@@ -252,6 +252,7 @@ fn tagged_record(n: u64, tag: char, payload: usize) -> CacheRecord {
         layers: vec![Descriptor::new(MediaType::ImageLayerGzip, 1234, digest)],
         diff_ids: vec![DiffId::of(format!("{n}{tag}").as_bytes())],
         config: json!({"tag": tag.to_string(), "payload": tag.to_string().repeat(payload)}),
+        chain: None,
     };
     CacheRecord::new(doc, result, 1).unwrap()
 }
@@ -538,6 +539,7 @@ fn roots_keep_referenced_blobs_through_store_prune() {
             )],
             diff_ids: vec![diff_id],
             config: Value::Null,
+            chain: None,
         },
         kiln::image::config::now_unix(),
     )

@@ -336,7 +336,11 @@ pub fn build_error_as(
 }
 
 /// `kiln --root STORE ARGS` as `who`; requires success and returns stdout.
-pub fn kiln_ok_as(who: Runner, store: &Path, args: &[&str]) -> String {
+pub fn kiln_ok_as<A: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    who: Runner,
+    store: &Path,
+    args: &[A],
+) -> String {
     let out = kiln_as(who)
         .arg("--root")
         .arg(store)
